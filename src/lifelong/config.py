@@ -1,0 +1,344 @@
+"""The YAML config of a run, validated by pydantic.
+
+    data: {name: fashion_mnist}
+    scenario: {type: class_incremental, experiences: 5, seed: 0}
+    model: {name: mlp, hidden: [400, 400]}
+    method: {name: replay, memory: 500}      # or a list of methods, to compose them
+    train: {epochs: 1, batch_size: 32, lr: 0.01, optimizer: sgd}
+    seed: 0
+
+An unknown key, a wrong type or an impossible combination fails with a `ConfigError` that names the key
+and what is allowed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from lifelong.errors import ConfigError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- data and scenario -------------------------------------------------------------------------------------
+
+
+class DataConfig(Strict):
+    name: str
+    root: str | None = None  # where to look first for the files of the source
+    download: bool = False  # fetch from the original host (connected machines only), checksum-verified
+    train_per_class: int | None = Field(None, ge=1)  # keep this many training samples per class (fast runs)
+    test_per_class: int | None = Field(None, ge=1)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        from lifelong import datasets
+
+        if name not in datasets.names():
+            raise ValueError(f"unknown data set {name!r}; available: {', '.join(datasets.names())}")
+        return name
+
+
+ScenarioType = Literal[
+    "class_incremental", "task_incremental", "permuted", "rotated", "online", "files", "domains"
+]
+
+
+class ScenarioConfig(Strict):
+    type: ScenarioType
+    experiences: int | None = Field(None, ge=1)
+    seed: int = 0
+    class_order: list[int] | None = None  # class-/task-incremental, online
+    angles: list[float] | None = None  # rotated: one angle (degrees) per experience
+    blurry: float = Field(0.0, ge=0.0, lt=1.0)  # online: fraction of each experience mixed into others
+    # files: one file or folder per experience, in name order
+    path: str | None = None
+    label_column: str = "label"
+    format: str | None = None
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    # domains (text): corpus domains in order, packed into blocks of `block_size` tokens
+    domains: list[str] | None = None
+    block_size: int = Field(64, ge=2)
+    max_blocks_per_domain: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _combination(self) -> ScenarioConfig:
+        if self.type == "files" and not self.path:
+            raise ValueError(
+                "scenario type 'files' needs `path` (a folder with one file/folder per experience)"
+            )
+        if self.type != "files" and self.path:
+            raise ValueError(f"`path` is only for scenario type 'files', not {self.type!r}")
+        if self.blurry and self.type != "online":
+            raise ValueError(f"`blurry` is only for scenario type 'online', not {self.type!r}")
+        if self.angles is not None and self.type != "rotated":
+            raise ValueError(f"`angles` is only for scenario type 'rotated', not {self.type!r}")
+        if self.class_order is not None and self.type not in (
+            "class_incremental",
+            "task_incremental",
+            "online",
+        ):
+            raise ValueError(
+                f"`class_order` is only for class-/task-incremental and online, not {self.type!r}"
+            )
+        if self.angles is not None and self.experiences is not None and len(self.angles) != self.experiences:
+            raise ValueError(
+                f"`angles` has {len(self.angles)} entries but `experiences` is {self.experiences}"
+            )
+        return self
+
+
+# --- model -------------------------------------------------------------------------------------------------
+
+
+class MLPConfig(Strict):
+    name: Literal["mlp"]
+    hidden: list[Annotated[int, Field(ge=1)]] = [400, 400]
+
+
+class CNNConfig(Strict):
+    name: Literal["cnn"]
+    channels: list[Annotated[int, Field(ge=1)]] = [32, 64]
+    hidden: int = Field(256, ge=1)
+
+
+class GPTConfig(Strict):
+    name: Literal["gpt"]
+    n_layer: int = Field(2, ge=1)
+    n_head: int = Field(4, ge=1)
+    n_embd: int = Field(64, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _heads(self) -> GPTConfig:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        return self
+
+
+ModelConfig = Annotated[MLPConfig | CNNConfig | GPTConfig, Field(discriminator="name")]
+
+
+# --- methods -----------------------------------------------------------------------------------------------
+
+
+class NaiveConfig(Strict):
+    name: Literal["naive"]
+
+
+class JointConfig(Strict):
+    name: Literal["joint"]
+
+
+class CumulativeConfig(Strict):
+    name: Literal["cumulative"]
+
+
+class ReplayConfig(Strict):
+    name: Literal["replay"]
+    memory: int = Field(500, ge=1)
+    batch_size: int | None = Field(None, ge=1)  # replayed samples per batch; default: the batch size
+    policy: Literal["reservoir", "class_balanced"] = "reservoir"
+
+
+MethodConfig = Annotated[
+    NaiveConfig | JointConfig | CumulativeConfig | ReplayConfig, Field(discriminator="name")
+]
+
+
+# --- training ----------------------------------------------------------------------------------------------
+
+
+class TrainConfig(Strict):
+    """How each experience is trained. Also the keyword options of `Learner`."""
+
+    epochs: int = Field(1, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(0.01, gt=0.0)
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    momentum: float = Field(0.0, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    scheduler: Literal["constant", "cosine", "linear"] = "constant"  # restarts at every experience
+    warmup_steps: int = Field(0, ge=0)
+    grad_clip: float | None = Field(None, gt=0.0)
+    reset_optimizer: bool = True  # a fresh optimizer state at every experience
+    eval_every: int | None = Field(None, ge=1)  # steps; evaluations for the stability gap
+    eval_batch_size: int = Field(1000, ge=1)
+    checkpoint_every: int | None = Field(None, ge=1)  # steps; a checkpoint also ends every experience
+    device: str = "cpu"
+
+    @model_validator(mode="after")
+    def _combination(self) -> TrainConfig:
+        if self.momentum and self.optimizer != "sgd":
+            raise ValueError(f"`momentum` is an option of optimizer 'sgd', not {self.optimizer!r}")
+        return self
+
+
+class RunConfig(Strict):
+    data: DataConfig | None = None  # not needed by scenario 'files', which reads `scenario.path`
+    scenario: ScenarioConfig
+    model: ModelConfig
+    method: MethodConfig | list[MethodConfig] = NaiveConfig(name="naive")
+    train: TrainConfig = TrainConfig()
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _combination(self) -> RunConfig:
+        from lifelong import datasets
+
+        if self.data is None:
+            if self.scenario.type != "files":
+                raise ValueError(f"missing section `data` (scenario {self.scenario.type!r} needs a data set)")
+            kind = "tabular"
+        elif self.scenario.type == "files":
+            raise ValueError("scenario 'files' reads `scenario.path`; remove the `data` section")
+        else:
+            kind = datasets.info(self.data.name).kind
+        data_name = self.data.name if self.data is not None else "files"
+        text_scenario = self.scenario.type == "domains"
+        if kind == "text" and not text_scenario:
+            raise ValueError(
+                f"data set {data_name!r} is text: use scenario type 'domains' (not {self.scenario.type!r})"
+            )
+        if kind != "text" and text_scenario:
+            raise ValueError(f"scenario type 'domains' needs a text data set, not {data_name!r}")
+        if (self.model.name == "gpt") != text_scenario:
+            raise ValueError(
+                "model 'gpt' goes with text (scenario 'domains')"
+                if self.model.name == "gpt"
+                else f"model {self.model.name!r} cannot model text: use model 'gpt'"
+            )
+        if self.model.name == "cnn" and kind != "images":
+            raise ValueError(f"model 'cnn' needs images but {data_name!r} is {kind}; use model 'mlp'")
+        if self.scenario.type == "online" and self.train.epochs != 1:
+            raise ValueError("scenario 'online' is a single pass over the data: set train.epochs to 1")
+        return self
+
+    @property
+    def methods(self) -> list[Any]:
+        return list(self.method) if isinstance(self.method, list) else [self.method]
+
+
+# --- loading with friendly errors --------------------------------------------------------------------------
+
+_TAGGED = {
+    "model": {"mlp": MLPConfig, "cnn": CNNConfig, "gpt": GPTConfig},
+    "method": {
+        "naive": NaiveConfig,
+        "joint": JointConfig,
+        "cumulative": CumulativeConfig,
+        "replay": ReplayConfig,
+    },
+}
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    """The keys allowed in the section where an unknown key `loc[-1]` was found."""
+    model: type[BaseModel] = RunConfig
+    section = None
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        if section in _TAGGED and part in _TAGGED[section]:
+            model, section = _TAGGED[section][part], None
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            break
+        inner = _model_class(field.annotation)
+        if inner is not None:
+            model, section = inner, None
+        else:
+            section = part
+    return list(model.model_fields)
+
+
+def _model_class(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
+
+
+def _dotted(loc: tuple) -> str:
+    parts = []
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            parts[-1] = f"{parts[-1]}[{part}]"
+        elif (
+            i > 0
+            and loc[i - 1] in _TAGGED
+            or (i > 1 and isinstance(loc[i - 1], int) and loc[i - 2] in _TAGGED)
+        ):
+            continue  # the discriminator tag pydantic inserts
+        else:
+            parts.append(str(part))
+    return ".".join(parts)
+
+
+def _message(err: dict) -> str:
+    loc, kind = tuple(err["loc"]), err["type"]
+    key = _dotted(loc) or "config"
+    if kind == "extra_forbidden":
+        return f"unknown key `{key}`; allowed here: {', '.join(_allowed_keys(loc))}"
+    if kind == "missing":
+        return f"missing key `{key}`"
+    if kind == "union_tag_invalid":
+        section = str(loc[0])
+        allowed = ", ".join(_TAGGED.get(section, {}))
+        return f"`{key}.name`: {err['input'].get('name')!r} is not a known {section}; choose one of {allowed}"
+    if kind == "union_tag_not_found":
+        return f"`{key}` needs a `name` key"
+    if kind == "value_error":
+        msg = str(err.get("ctx", {}).get("error", err["msg"]))
+        return f"`{key}`: {msg}" if key != "config" else msg
+    if kind == "literal_error":
+        return f"`{key}`: {err['input']!r} is not allowed; {err['msg'][0].lower()}{err['msg'][1:]}"
+    return f"`{key}`: {err['msg'].lower()} (got {err.get('input')!r})"
+
+
+def parse_config(raw: Any) -> RunConfig:
+    """Validate a config dict; raise ConfigError listing every problem."""
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"a config must be a mapping of sections (data, scenario, ...), got {type(raw).__name__}"
+        )
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        problems = sorted({_message(err) for err in e.errors()})
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems)) from None
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply `section.key=value` overrides (values parsed as YAML) to a raw config dict."""
+    out = yaml.safe_load(yaml.safe_dump(raw))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.lr=0.05")
+        dotted, value = item.split("=", 1)
+        node = out
+        keys = dotted.split(".")
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {k!r} is not a section")
+        node[keys[-1]] = yaml.safe_load(value)
+    return out
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    return parse_config(apply_overrides(raw or {}, overrides or []))

@@ -1,0 +1,1 @@
+"""The accuracy (or perplexity) matrix, the figures derived from it, and reports."""

@@ -1,0 +1,169 @@
+"""Replay memory as preallocated tensors (never lists of Python objects).
+
+Two policies:
+- `reservoir` (Vitter's algorithm R, vectorized per batch): after `n` samples were offered, each of them is
+  in memory with probability `capacity / n`. It updates online, as samples arrive.
+- `class_balanced`: at the end of each experience the slots are re-shared equally among all classes seen so
+  far (counts differ by at most one, unless a class has too few samples); old classes keep a random subset
+  of their slots, new classes fill theirs with a random subset of the experience's samples.
+
+The memory is part of the run's state: `state_dict()` holds the buffers and the random generator.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from lifelong.errors import ConfigError
+from lifelong.streams.experience import Split
+
+POLICIES = ("reservoir", "class_balanced")
+
+
+class ReplayMemory:
+    def __init__(self, capacity: int, policy: str = "reservoir", seed: int = 0) -> None:
+        if capacity < 1:
+            raise ConfigError(f"replay memory capacity must be at least 1, got {capacity}")
+        if policy not in POLICIES:
+            raise ConfigError(f"unknown memory policy {policy!r}; choose one of {', '.join(POLICIES)}")
+        self.capacity = capacity
+        self.policy = policy
+        self.size = 0  # filled slots: always the first `size`
+        self.seen = 0  # samples offered so far (reservoir)
+        self.x: torch.Tensor | None = None
+        self.y: torch.Tensor | None = None
+        self.t: torch.Tensor | None = None  # task labels, -1 where none
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def _allocate(self, like: Split) -> None:
+        if self.x is None:
+            m = self.capacity
+            self.x = torch.zeros((m, *like.x.shape[1:]), dtype=like.x.dtype)
+            self.y = torch.zeros((m, *like.y.shape[1:]), dtype=like.y.dtype)
+            self.t = torch.full((m,), -1, dtype=torch.long)
+
+    def _write(self, slots: torch.Tensor, data: Split, rows: torch.Tensor) -> None:
+        assert self.x is not None and self.y is not None and self.t is not None
+        self.x[slots] = data.x[rows]
+        self.y[slots] = data.y[rows]
+        if data.t is not None:
+            self.t[slots] = data.t[rows]
+
+    def add(self, batch: Split) -> None:
+        """Offer each sample of `batch` once (reservoir policy)."""
+        self._allocate(batch)
+        b = len(batch)
+        position = torch.arange(self.seen, self.seen + b)
+        # algorithm R: sample number n (0-based) replaces slot j ~ U{0..n} if j < capacity
+        draw = torch.rand(b, generator=self.generator, dtype=torch.float64)
+        candidate = (draw * (position + 1).to(torch.float64)).long()
+        slots = torch.where(position < self.capacity, position, candidate)
+        accepted = slots < self.capacity
+        slots, rows = slots[accepted], torch.nonzero(accepted).squeeze(1)
+        if slots.numel() > 1:
+            # two samples of one batch may pick the same slot: the later one wins, as in a sequential loop
+            order = torch.argsort(slots * b + rows)
+            slots, rows = slots[order], rows[order]
+            last = torch.ones_like(slots, dtype=torch.bool)
+            last[:-1] = slots[1:] != slots[:-1]
+            slots, rows = slots[last], rows[last]
+        self._write(slots, batch, rows)
+        self.seen += b
+        self.size = min(self.capacity, self.seen)
+
+    def rebalance(self, data: Split) -> None:
+        """Share the slots equally among the classes in memory and in `data` (class-balanced policy)."""
+        self._allocate(data)
+        assert self.y is not None and self.x is not None and self.t is not None
+        if data.y.ndim != 1:
+            raise ConfigError(
+                "class-balanced memory needs one class label per sample; use policy 'reservoir'"
+            )
+        old_y = self.y[: self.size]
+        new_classes = torch.unique(data.y)
+        classes = torch.unique(torch.cat([old_y, new_classes])).tolist()
+        new_set = set(new_classes.tolist())
+        available = {
+            c: int((data.y == c).sum()) if c in new_set else int((old_y == c).sum()) for c in classes
+        }
+        quota = _balanced_quota(available, self.capacity)
+
+        keep_old, take_new = [], []
+        for c in classes:
+            if quota[c] == 0:
+                continue
+            if c in new_set:
+                rows = torch.nonzero(data.y == c).squeeze(1)
+                pick = torch.randperm(rows.numel(), generator=self.generator)[: quota[c]]
+                take_new.append(rows[pick])
+            else:
+                slots = torch.nonzero(old_y == c).squeeze(1)
+                keep_old.append(slots[: quota[c]])  # slots already hold a random subset of the class
+        old_idx = torch.cat(keep_old) if keep_old else torch.empty(0, dtype=torch.long)
+        new_idx = torch.cat(take_new) if take_new else torch.empty(0, dtype=torch.long)
+        kept = Split(self.x[old_idx].clone(), self.y[old_idx].clone(), self.t[old_idx].clone())
+        n_old = old_idx.numel()
+        self._write(torch.arange(n_old), kept, torch.arange(n_old))
+        self._write(torch.arange(n_old, n_old + new_idx.numel()), data, new_idx)
+        if data.t is None:
+            self.t[n_old : n_old + new_idx.numel()] = -1
+        self.size = n_old + new_idx.numel()
+        self.seen += len(data)
+
+    def sample(self, n: int) -> Split:
+        """`n` distinct stored samples, chosen uniformly (all of them, shuffled, if fewer are stored)."""
+        assert self.x is not None and self.y is not None and self.t is not None
+        idx = torch.randperm(self.size, generator=self.generator)[:n]
+        t = self.t[idx]
+        return Split(self.x[idx], self.y[idx], t if bool((t >= 0).all()) else None)
+
+    def contents(self) -> Split:
+        assert self.x is not None and self.y is not None and self.t is not None
+        return Split(self.x[: self.size], self.y[: self.size], self.t[: self.size])
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "capacity": self.capacity,
+            "policy": self.policy,
+            "size": self.size,
+            "seen": self.seen,
+            "generator": self.generator.get_state(),
+        }
+        if self.x is not None:
+            state.update({"x": self.x, "y": self.y, "t": self.t})
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if int(state["capacity"]) != self.capacity or state["policy"] != self.policy:
+            raise ConfigError(
+                f"saved memory has capacity {state['capacity']} and policy {state['policy']!r}, but this "
+                f"memory has {self.capacity} and {self.policy!r}"
+            )
+        self.size, self.seen = int(state["size"]), int(state["seen"])
+        self.generator.set_state(state["generator"])
+        if "x" in state:
+            self.x, self.y, self.t = state["x"], state["y"], state["t"]
+
+
+def _balanced_quota(available: dict[int, int], capacity: int) -> dict[int, int]:
+    """Water-filling: equal shares, and what a short class cannot use goes to the others."""
+    quota = {c: 0 for c in available}
+    left = capacity
+    open_classes = sorted(available, key=lambda c: (available[c], c))
+    while open_classes and left > 0:
+        share, extra = divmod(left, len(open_classes))
+        c = open_classes[0]
+        if available[c] <= share:  # the smallest class takes all it has
+            quota[c] = available[c]
+            left -= available[c]
+            open_classes.pop(0)
+            continue
+        for i, c in enumerate(sorted(open_classes)):
+            quota[c] = share + (1 if i < extra else 0)
+        break
+    return quota

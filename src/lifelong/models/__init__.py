@@ -1,0 +1,37 @@
+"""Small reference models, and `build_model` which makes one for a stream from a config entry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from lifelong.errors import ConfigError
+from lifelong.models.cnn import CNN
+from lifelong.models.gpt import TinyGPT
+from lifelong.models.mlp import MLP
+from lifelong.streams.experience import Stream
+
+__all__ = ["CNN", "MLP", "TinyGPT", "build_model", "MODEL_NAMES"]
+
+MODEL_NAMES = ("mlp", "cnn", "gpt")
+
+
+def build_model(name: str, stream: Stream, **options: Any) -> nn.Module:
+    """A model sized for `stream` (its input shape and number of classes or vocabulary size)."""
+    if stream.kind == "language_modeling" and name != "gpt":
+        raise ConfigError(f"model {name!r} cannot model language; use model 'gpt' for a text stream")
+    if stream.kind == "classification" and name == "gpt":
+        raise ConfigError("model 'gpt' is for text streams; use 'mlp' or 'cnn' for classification")
+    if name == "mlp":
+        return MLP(stream.input_shape, stream.num_classes, **options)
+    if name == "cnn":
+        if len(stream.input_shape) != 3:
+            raise ConfigError(
+                f"model 'cnn' needs image input shaped [C, H, W] but the stream gives {stream.input_shape}; "
+                "use model 'mlp'"
+            )
+        return CNN(stream.input_shape, stream.num_classes, **options)
+    if name == "gpt":
+        return TinyGPT(stream.num_classes, block_size=stream.input_shape[0], **options)
+    raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")

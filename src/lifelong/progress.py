@@ -1,0 +1,63 @@
+"""Progress bars for long training, which a user can turn off (`progress=False`, `--no-progress`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+
+class TrainingProgress:
+    """One bar per experience, refreshed a few times a second (never per step: it would cost time)."""
+
+    def __init__(self, enabled: bool = True, console: Console | None = None) -> None:
+        self.enabled = enabled
+        self.console = console or Console(stderr=True)
+        self._progress: Progress | None = None
+        self._task = None
+        self._every = 1
+        self._done = 0
+
+    def __enter__(self) -> TrainingProgress:
+        if self.enabled:
+            self._progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=self.console,
+                transient=False,
+                refresh_per_second=4,
+            )
+            self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+
+    def start_experience(self, index: int, count: int, total_steps: int, done: int) -> None:
+        if self._progress is None:
+            return
+        self._every = max(1, total_steps // 50)
+        self._done = done
+        self._task = self._progress.add_task(
+            f"experience {index + 1}/{count}", total=total_steps, completed=done
+        )
+
+    def advance(self, step: int) -> None:
+        if self._progress is None:
+            return
+        self._done += 1
+        if self._done % self._every == 0:
+            self._progress.update(self._task, completed=self._done)
+
+    def end_experience(self, index: int, metric: str, seen: Sequence[float]) -> None:
+        if self._progress is None:
+            return
+        self._progress.update(self._task, completed=self._progress.tasks[-1].total)
+        values = " ".join(f"{v:.3f}" for v in seen)
+        self._progress.console.print(
+            f"  after experience {index + 1}: {metric} on experiences seen [{values}]"
+        )

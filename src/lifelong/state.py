@@ -1,0 +1,269 @@
+"""Crash-safe run state: atomic files, checksummed checkpoints, no pickle.
+
+A run directory:
+
+    config.json            the run's config (a run directory belongs to exactly one config)
+    checkpoints/LATEST.json   which checkpoint is complete, and the SHA-256 of each of its files
+    checkpoints/step-000123/  model.safetensors, optimizer.{safetensors,json}, method-<i>-<name>.{...},
+                              rng.safetensors, progress.json
+    events.jsonl           one line per evaluation / checkpoint
+    results.json           written once the run ends
+
+Every file is written to a temporary name, fsynced and renamed, so a reader sees the old file or the new one,
+never half of one. A checkpoint becomes current only when `LATEST.json` (itself written atomically) names
+it, after all its files are on disk: a run killed while checkpointing resumes from the previous one.
+Tensors are stored with safetensors, everything else as JSON; nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import nn
+
+from lifelong.errors import StateError
+
+CHECKPOINTS = "checkpoints"
+LATEST = "LATEST.json"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> str:
+    """Write `data` to `path` atomically; return its SHA-256."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return hashlib.sha256(data).hexdigest()
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> str:
+    return atomic_write_bytes(
+        path, (json.dumps(obj, indent=2, sort_keys=True, allow_nan=True) + "\n").encode()
+    )
+
+
+def read_json(path: str | Path, what: str = "file") -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise StateError(f"{what} {path} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise StateError(
+            f"{what} {path} is damaged (not valid JSON: {e}); restore it from a backup"
+        ) from None
+
+
+# --- tensors and JSON side by side -----------------------------------------------------------------------
+
+
+def split_state(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A flat state dict -> (tensors, JSON values); tensors made contiguous and unshared for safetensors."""
+    tensors, meta = {}, {}
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor):
+            tensors[key] = value.detach().cpu().contiguous().clone()
+        else:
+            meta[key] = value
+    return tensors, meta
+
+
+def _tied_names(model: nn.Module) -> set[str]:
+    """State-dict entries that share storage with an earlier entry (tied weights, e.g. a GPT head)."""
+    tied, seen = set(), set()
+    for name, tensor in model.state_dict().items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if key in seen:
+            tied.add(name)
+        seen.add(key)
+    return tied
+
+
+def _model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    tied = _tied_names(model)  # stored once: safetensors refuses shared storage
+    return {
+        name: t.detach().cpu().contiguous().clone()
+        for name, t in model.state_dict().items()
+        if name not in tied
+    }
+
+
+def _optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    meta: dict[str, Any] = {"param_groups": sd["param_groups"], "state": {}}
+    for pid, entry in sd["state"].items():
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{pid}.{key}"] = value.detach().cpu().contiguous().clone()
+            else:
+                meta["state"].setdefault(str(pid), {})[key] = value
+    return tensors, meta
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict[str, Any]] = {int(pid): dict(v) for pid, v in meta["state"].items()}
+    for key, value in tensors.items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+# --- checkpoints -------------------------------------------------------------------------------------------
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    methods: list[Any],
+    progress: dict[str, Any],
+    rng: dict[str, torch.Tensor],
+    name: str,
+) -> Path:
+    """Write a complete checkpoint named `name`, then make it the current one."""
+    root = Path(run_dir) / CHECKPOINTS
+    final = root / name
+    tmp = root / f".{name}.tmp"
+    for leftover in (tmp, final):  # from an attempt that was killed before LATEST named it
+        if leftover.exists():
+            shutil.rmtree(leftover)
+    tmp.mkdir(parents=True)
+    files: dict[str, str] = {}
+
+    def put(fname: str, data: bytes) -> None:
+        files[fname] = atomic_write_bytes(tmp / fname, data)
+
+    put("model.safetensors", st_save(_model_tensors(model)))
+    if optimizer is not None:
+        tensors, meta = _optimizer_state(optimizer)
+        put("optimizer.safetensors", st_save(tensors))
+        put("optimizer.json", _json_bytes(meta))
+    for i, method in enumerate(methods):
+        tensors, meta = split_state(method.state_dict())
+        put(f"method-{i}-{method.name}.safetensors", st_save(tensors))
+        put(f"method-{i}-{method.name}.json", _json_bytes(meta))
+    put("rng.safetensors", st_save({k: v.contiguous() for k, v in rng.items()}))
+    put("progress.json", _json_bytes(progress))
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    previous = _latest_name(root)
+    atomic_write_json(root / LATEST, {"checkpoint": name, "files": files})
+    if previous and previous != name and (root / previous).exists():
+        shutil.rmtree(root / previous)
+    return final
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, sort_keys=True) + "\n").encode()
+
+
+def _latest_name(root: Path) -> str | None:
+    if not (root / LATEST).exists():
+        return None
+    return read_json(root / LATEST, "checkpoint index").get("checkpoint")
+
+
+def has_checkpoint(run_dir: str | Path) -> bool:
+    return (Path(run_dir) / CHECKPOINTS / LATEST).exists()
+
+
+def read_checkpoint(run_dir: str | Path) -> dict[str, Any]:
+    """Read and verify the current checkpoint: every file must match its recorded SHA-256.
+
+    Returns {"model": tensors, "optimizer": (tensors, meta) | None, "methods": [state, ...],
+    "rng": tensors, "progress": dict, "path": Path}.
+    """
+    root = Path(run_dir) / CHECKPOINTS
+    index = read_json(root / LATEST, "checkpoint index")
+    if not isinstance(index, dict) or "checkpoint" not in index or "files" not in index:
+        raise StateError(
+            f"checkpoint index {root / LATEST} is damaged (missing keys); restore it from a backup"
+        )
+    ckpt = root / index["checkpoint"]
+    blobs: dict[str, bytes] = {}
+    for fname, digest in index["files"].items():
+        path = ckpt / fname
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise StateError(f"checkpoint file {path} is missing; the run directory was modified") from None
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise StateError(
+                f"checkpoint file {path} is damaged (SHA-256 mismatch: truncated or modified). "
+                "Restore the run directory from a backup, or start a new run in another directory."
+            )
+        blobs[fname] = data
+    out: dict[str, Any] = {"path": ckpt, "model": st_load(blobs["model.safetensors"])}
+    out["optimizer"] = (
+        (st_load(blobs["optimizer.safetensors"]), json.loads(blobs["optimizer.json"]))
+        if "optimizer.json" in blobs
+        else None
+    )
+    methods = []
+    i = 0
+    while True:
+        names = [f for f in blobs if f.startswith(f"method-{i}-") and f.endswith(".json")]
+        if not names:
+            break
+        stem = names[0][: -len(".json")]
+        state = dict(json.loads(blobs[f"{stem}.json"]))
+        state.update(st_load(blobs[f"{stem}.safetensors"]))
+        methods.append((stem.split("-", 2)[2], state))
+        i += 1
+    out["methods"] = methods
+    out["rng"] = st_load(blobs["rng.safetensors"])
+    out["progress"] = json.loads(blobs["progress.json"])
+    return out
+
+
+def restore(
+    checkpoint: dict[str, Any],
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    methods: list[Any],
+) -> None:
+    """Load a checkpoint read by `read_checkpoint` into live objects."""
+    saved = checkpoint["model"]
+    missing, unexpected = model.load_state_dict(saved, strict=False)
+    tied = _tied_names(model)
+    if unexpected or set(missing) - tied:
+        raise StateError(
+            f"checkpoint model does not fit this model (missing {sorted(set(missing) - tied)}, "
+            f"unexpected {sorted(unexpected)}); the run directory belongs to another model"
+        )
+    if optimizer is not None and checkpoint["optimizer"] is not None:
+        _load_optimizer(optimizer, *checkpoint["optimizer"])
+    names = [name for name, _ in checkpoint["methods"]]
+    if names != [m.name for m in methods]:
+        raise StateError(f"checkpoint has methods {names} but this run has {[m.name for m in methods]}")
+    for method, (_, state) in zip(methods, checkpoint["methods"], strict=True):
+        method.load_state_dict(state)
