@@ -386,8 +386,12 @@ def _curves_png(
             label=_short(names[j]),
         )
 
-    for k, start in enumerate(_start_steps(results, events)):
+    starts = _start_steps(results, events)
+    every = math.ceil(len(starts) / 12) if starts else 1  # label at most ~12 boundaries
+    for k, start in enumerate(starts):
         ax.axvline(start, color="0.35", linestyle="--", linewidth=0.9)
+        if k % every:
+            continue
         ax.text(
             start,
             1.0,
@@ -514,7 +518,9 @@ def plot_curves(
     """Metric on every test set over global steps, from the `eval` events; dashed lines where experiences
     start. This is the plot that shows the stability gap. Writes nothing and returns None without evals."""
     _check_results(results, "results")
-    png = _curves_png(results, [e for e in events if isinstance(e, Mapping) and e.get("event") == "eval"])
+    png = _curves_png(
+        results, [e for e in events if isinstance(e, Mapping) and e.get("event", "eval") == "eval"]
+    )
     if png is None:
         return None
     path = Path(path)
@@ -680,8 +686,9 @@ def _gap_table(results: Mapping[str, Any]) -> str | None:
     out.append(
         '<p class="note">When a new experience starts, the metric on the experiences learned before it '
         "often dips, then recovers. Each row follows the mean over the earlier experiences' test sets while "
-        "training on the new one: <em>before</em> is that mean when the previous experience ended, the "
-        "worst value seen during the new one and the step it was seen at, <em>depth</em> how far it fell "
+        f"training on the new one: <em>before</em> is that mean when the previous experience ended, "
+        f"<em>{_e(worst)}</em> the worst value seen during the new one and <em>at step</em> when, "
+        "<em>depth</em> how far it fell "
         "(0 if it never got worse), <em>final</em> the mean when the new experience ended, and "
         "<em>steps to recover</em> the steps from the start of the experience until the mean came back to "
         "<em>before</em>"
