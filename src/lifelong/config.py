@@ -111,9 +111,9 @@ class CNNConfig(Strict):
 
 class GPTConfig(Strict):
     name: Literal["gpt"]
-    n_layer: int = Field(2, ge=1)
+    n_layer: int = Field(3, ge=1)
     n_head: int = Field(4, ge=1)
-    n_embd: int = Field(64, ge=1)
+    n_embd: int = Field(96, ge=1)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
     @model_validator(mode="after")
@@ -303,6 +303,21 @@ def _message(err: dict) -> str:
     return f"`{key}`: {err['msg'].lower()} (got {err.get('input')!r})"
 
 
+def _shape_errors(raw: dict, errors: list) -> list:
+    """`method` is one method or a list of them, and pydantic reports a failure against both shapes, under
+    keys like `method.tagged-union[...]`. Keep the errors of the shape the config was written in, with
+    pydantic's label of that shape dropped, so `method.memroy` lists the keys of the method it is in."""
+    out = []
+    for err in errors:
+        loc = tuple(err["loc"])
+        if len(loc) > 1 and isinstance(loc[1], str) and loc[1].startswith(("tagged-union[", "list[")):
+            if loc[1].startswith("list[") != isinstance(raw.get(loc[0]), list):
+                continue
+            err = {**err, "loc": (loc[0], *loc[2:])}
+        out.append(err)
+    return out
+
+
 def parse_config(raw: Any) -> RunConfig:
     """Validate a config dict; raise ConfigError listing every problem."""
     if not isinstance(raw, dict):
@@ -312,24 +327,39 @@ def parse_config(raw: Any) -> RunConfig:
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as e:
-        problems = sorted({_message(err) for err in e.errors()})
+        problems = sorted({_message(err) for err in _shape_errors(raw, e.errors())})
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems)) from None
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """Apply `section.key=value` overrides (values parsed as YAML) to a raw config dict."""
+    if overrides and not isinstance(raw, dict):
+        raise ConfigError(
+            f"a config must be a mapping of sections (data, scenario, ...), got {type(raw).__name__}"
+        )
     out = yaml.safe_load(yaml.safe_dump(raw))
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.lr=0.05")
         dotted, value = item.split("=", 1)
         node = out
-        keys = dotted.split(".")
+        keys = dotted.strip().split(".")
+        if not all(keys):
+            raise ConfigError(
+                f"override {item!r} has an empty key; write section.key=value, e.g. train.lr=0.05"
+            )
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ConfigError(
+                f"override {item!r}: the value {value!r} is not valid YAML ({problem})"
+            ) from None
         for k in keys[:-1]:
             node = node.setdefault(k, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {k!r} is not a section")
-        node[keys[-1]] = yaml.safe_load(value)
+        node[keys[-1]] = parsed
     return out
 
 

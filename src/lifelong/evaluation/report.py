@@ -37,7 +37,7 @@ from lifelong.errors import DataError, StateError
 
 __all__ = ["plot_matrix", "plot_curves", "plot_comparison", "write_report", "write_comparison_report"]
 
-METRICS = ("accuracy", "perplexity")
+_METRICS = ("accuracy", "perplexity")
 _DPI = 110
 _MAX_ANNOTATED = 16  # beyond this many columns numbers get unreadable (and slow); the HTML table has them
 _NAMED_TICKS = 12  # up to this many experiences the heatmap axes show their names, past it their indices
@@ -70,8 +70,8 @@ def _check_results(results: Any, where: str) -> None:
     if not isinstance(results, Mapping):
         raise StateError(f"{where}: expected a JSON object, got {type(results).__name__}.")
     metric = results.get("metric")
-    if metric not in METRICS:
-        raise StateError(f"{where}: 'metric' is {metric!r}; expected one of {', '.join(METRICS)}.")
+    if metric not in _METRICS:
+        raise StateError(f"{where}: 'metric' is {metric!r}; expected one of {', '.join(_METRICS)}.")
     matrix = results.get("matrix")
     if (
         not isinstance(matrix, list)
@@ -161,7 +161,7 @@ def _eval_series(events: Iterable[Mapping[str, Any]], ncols: int) -> tuple[np.nd
 def _start_steps(results: Mapping[str, Any], events: Iterable[Mapping[str, Any]]) -> list[float]:
     """Global step at which each experience began; inferred from the eval events when not recorded."""
     starts = results.get("experience_start_steps")
-    if isinstance(starts, list) and all(isinstance(s, int | float) for s in starts):
+    if isinstance(starts, list) and starts and all(isinstance(s, int | float) for s in starts):
         return [float(s) for s in starts]
     first: dict[int, float] = {}
     for ev in events:
@@ -224,9 +224,10 @@ def _fmt_seconds(v: Any) -> str:
         return "n/a"
     if s < 60:
         return f"{s:.1f} s"
-    if s < 3600:
-        return f"{int(s // 60)} min {s % 60:.0f} s"
-    return f"{int(s // 3600)} h {int(s % 3600 // 60)} min"
+    minutes, seconds = divmod(round(s), 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds} s"
+    return f"{minutes // 60} h {minutes % 60} min"
 
 
 _SUMMARY_KEYS = ("acc", "bwt", "fwt", "forgetting", "plasticity")
@@ -504,7 +505,7 @@ def plot_matrix(results: Mapping[str, Any], path: str | os.PathLike[str]) -> Pat
     """Heatmap of the matrix R with each cell's value; returns the PNG's path.
 
     Rows: after training on exp i; columns: evaluated on exp j. Accuracy in percent on a fixed 0-100 scale,
-    perplexity raw with a reversed colormap (dark is good in both), log-scaled when it spans a wide range.
+    perplexity raw with a reversed colormap (bright is good in both), log-scaled when it spans a wide range.
     """
     _check_results(results, "results")
     path = Path(path)
@@ -624,13 +625,14 @@ def _matrix_table(results: Mapping[str, Any]) -> str:
     names = _names(results, ncols)
     initial = _initial(results, ncols)
     cmap, norm, _ = _cmap_and_norm(metric, r * _scale(metric))
+    colors = cmap(norm(np.ma.masked_invalid(r * _scale(metric))))  # the heatmap's colours, in one call
 
-    def cell(v: float, diag: bool) -> str:
-        style = ""
+    def cell(i: int, j: int) -> str:
+        v, style = r[i, j], ""
         if math.isfinite(v):
-            rgba = cmap(norm(v * _scale(metric)))
+            rgba = tuple(colors[i, j])
             style = f"background:{_hex(rgba)};color:{_text_color(rgba)}"
-        return _num_td(_fmt_cell(v, metric), repr(float(v)), "diag" if diag else "", style)
+        return _num_td(_fmt_cell(v, metric), repr(float(v)), "diag" if i == j else "", style)
 
     out = [
         '<div class="scroll"><table>',
@@ -646,9 +648,7 @@ def _matrix_table(results: Mapping[str, Any]) -> str:
         )
     for i in range(nrows):
         label = names[i] if i < ncols else f"exp {i}"
-        out.append(
-            f"<tr><th>{_e(label)}</th>" + "".join(cell(r[i, j], i == j) for j in range(ncols)) + "</tr>"
-        )
+        out.append(f"<tr><th>{_e(label)}</th>" + "".join(cell(i, j) for j in range(ncols)) + "</tr>")
     out.append("</table></div>")
     unit = "percent" if metric == "accuracy" else "perplexity, lower is better"
     out.append(

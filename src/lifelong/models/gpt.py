@@ -56,9 +56,9 @@ class TinyGPT(nn.Module):
         self,
         vocab_size: int,
         block_size: int,
-        n_layer: int = 2,
+        n_layer: int = 3,
         n_head: int = 4,
-        n_embd: int = 64,
+        n_embd: int = 96,
         dropout: float = 0.0,
     ) -> None:
         super().__init__()

@@ -159,7 +159,9 @@ def rotate(x: torch.Tensor, degrees: float) -> torch.Tensor:
     if x.ndim != 4:
         raise DataError(f"rotation needs images shaped [N, C, H, W], got {tuple(x.shape)}")
     a = math.radians(degrees)
-    theta = torch.tensor([[math.cos(a), math.sin(a), 0.0], [-math.sin(a), math.cos(a), 0.0]], dtype=x.dtype)
+    # the grid maps each output pixel to where it samples the input: the inverse rotation. Rows grow
+    # downwards, so this is counter-clockwise as displayed (torch.rot90(x, 1, (-2, -1)) for 90 degrees).
+    theta = torch.tensor([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0]], dtype=x.dtype)
     grid = F.affine_grid(theta.expand(len(x), 2, 3), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
