@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -211,7 +210,8 @@ def write_section(result: dict) -> None:
     path = ROOT / "docs" / "BENCHMARKS.md"
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     body = (
-        f"Measured {result['date']} with `{result['command']}` ({result['machine']}, torch {result['torch']}); "
+        f"Measured {result['date']} with `{result['command']}` "
+        f"({result['machine']}, torch {result['torch']}); "
         f"median of {len(next(iter(result['times'].values())))} interleaved repeats.\n\n{result['table']}\n\n"
         f"Same final accuracies as the hand-written loop (same arithmetic): {result['identical_results']}.\n"
     )

@@ -247,6 +247,29 @@ def test_minimal_results_and_torn_events(tmp_path):
     assert "1 unreadable line" in page
 
 
+def test_single_experience_run(tmp_path):
+    """A Joint-style run: one experience, so BWT/FWT have nothing to average over."""
+    results = {
+        "metric": "accuracy",
+        "matrix": [[0.912]],
+        "initial": [0.1],
+        "summary": {"acc": 0.912, "bwt": 0.0, "fwt": None, "forgetting": 0.0, "plasticity": 0.912},
+        "stability_gap": None,
+        "method": "joint",
+    }
+    run = make_run(tmp_path, results)
+    page = write_report(run).read_text(encoding="utf-8")
+    assert_png(run / "plots" / "matrix.png")
+    assert ">91.2<" in page and "91.20%" in page and ">n/a<" in page
+
+
+def test_curves_accept_bare_eval_records(tmp_path):
+    """The learner's in-memory evals carry no "event" key; they are evals all the same."""
+    bare = [{k: v for k, v in e.items() if k != "event"} for e in eval_events() if e["event"] == "eval"]
+    assert plot_curves(accuracy_results(), bare, tmp_path / "c.png") == tmp_path / "c.png"
+    assert_png(tmp_path / "c.png")
+
+
 def test_report_is_deterministic(tmp_path):
     run = make_run(tmp_path, accuracy_results(), eval_events())
     first = write_report(run).read_bytes()
