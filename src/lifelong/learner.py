@@ -121,6 +121,7 @@ class Learner:
         config = self.config(stream)
         checkpoint = self._prepare_run_dir(config, resume)  # raises before anything is written
         self.model.to(self.train.device)
+        self.optimizer = None  # a run never inherits optimizer state from an earlier `run` call
         torch.manual_seed(self.seed)
         return self._loop(stream, objective, config, checkpoint)
 

@@ -5,7 +5,9 @@ Two policies:
   in memory with probability `capacity / n`. It updates online, as samples arrive.
 - `class_balanced`: at the end of each experience the slots are re-shared equally among all classes seen so
   far (counts differ by at most one, unless a class has too few samples); old classes keep a random subset
-  of their slots, new classes fill theirs with a random subset of the experience's samples.
+  of their slots, new classes fill theirs with a random subset of the experience's samples, and a class
+  that comes back (domain-incremental streams) mixes old and new in proportion to the samples each stands
+  for.
 
 The memory is part of the run's state: `state_dict()` holds the buffers and the random generator.
 """
@@ -35,6 +37,7 @@ class ReplayMemory:
         self.x: torch.Tensor | None = None
         self.y: torch.Tensor | None = None
         self.t: torch.Tensor | None = None  # task labels, -1 where none
+        self.class_seen: dict[int, int] = {}  # class -> samples of it offered so far (class-balanced)
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
@@ -85,34 +88,35 @@ class ReplayMemory:
                 "class-balanced memory needs one class label per sample; use policy 'reservoir'"
             )
         old_y = self.y[: self.size]
-        new_classes = torch.unique(data.y)
-        classes = torch.unique(torch.cat([old_y, new_classes])).tolist()
-        new_set = set(new_classes.tolist())
-        available = {
-            c: int((data.y == c).sum()) if c in new_set else int((old_y == c).sum()) for c in classes
-        }
-        quota = _balanced_quota(available, self.capacity)
+        classes = torch.unique(torch.cat([old_y, data.y])).tolist()
+        n_old = {c: int((old_y == c).sum()) for c in classes}
+        n_new = {c: int((data.y == c).sum()) for c in classes}
+        quota = _balanced_quota({c: n_old[c] + n_new[c] for c in classes}, self.capacity)
 
         keep_old, take_new = [], []
         for c in classes:
-            if quota[c] == 0:
-                continue
-            if c in new_set:
+            # a class seen before and again now (domain-incremental streams) shares its quota in proportion
+            # to how many samples each side stands for, so its slots stay a uniform sample of all it has seen
+            seen_before = self.class_seen.get(c, n_old[c])
+            k_new = min(n_new[c], round(quota[c] * n_new[c] / max(1, seen_before + n_new[c])))
+            k_old = min(n_old[c], quota[c] - k_new)
+            k_new = min(n_new[c], quota[c] - k_old)
+            if k_new:
                 rows = torch.nonzero(data.y == c).squeeze(1)
-                pick = torch.randperm(rows.numel(), generator=self.generator)[: quota[c]]
-                take_new.append(rows[pick])
-            else:
+                take_new.append(rows[torch.randperm(rows.numel(), generator=self.generator)[:k_new]])
+            if k_old:
                 slots = torch.nonzero(old_y == c).squeeze(1)
-                keep_old.append(slots[: quota[c]])  # slots already hold a random subset of the class
+                keep_old.append(slots[torch.randperm(slots.numel(), generator=self.generator)[:k_old]])
+            self.class_seen[c] = seen_before + n_new[c]
         old_idx = torch.cat(keep_old) if keep_old else torch.empty(0, dtype=torch.long)
         new_idx = torch.cat(take_new) if take_new else torch.empty(0, dtype=torch.long)
         kept = Split(self.x[old_idx].clone(), self.y[old_idx].clone(), self.t[old_idx].clone())
-        n_old = old_idx.numel()
-        self._write(torch.arange(n_old), kept, torch.arange(n_old))
-        self._write(torch.arange(n_old, n_old + new_idx.numel()), data, new_idx)
+        kept_n = old_idx.numel()
+        self._write(torch.arange(kept_n), kept, torch.arange(kept_n))
+        self._write(torch.arange(kept_n, kept_n + new_idx.numel()), data, new_idx)
         if data.t is None:
-            self.t[n_old : n_old + new_idx.numel()] = -1
-        self.size = n_old + new_idx.numel()
+            self.t[kept_n : kept_n + new_idx.numel()] = -1
+        self.size = kept_n + new_idx.numel()
         self.seen += len(data)
 
     def sample(self, n: int) -> Split:
@@ -132,6 +136,7 @@ class ReplayMemory:
             "policy": self.policy,
             "size": self.size,
             "seen": self.seen,
+            "class_seen": {str(c): n for c, n in self.class_seen.items()},
             "generator": self.generator.get_state(),
         }
         if self.x is not None:
@@ -145,6 +150,7 @@ class ReplayMemory:
                 f"memory has {self.capacity} and {self.policy!r}"
             )
         self.size, self.seen = int(state["size"]), int(state["seen"])
+        self.class_seen = {int(c): int(n) for c, n in state.get("class_seen", {}).items()}
         self.generator.set_state(state["generator"])
         if "x" in state:
             self.x, self.y, self.t = state["x"], state["y"], state["t"]

@@ -5,7 +5,7 @@ on experience i (T experiences).
 - BWT (backward transfer): mean over j < T-1 of R[T-1][j] - R[j][j]. Negative for accuracy means forgetting.
 - FWT (forward transfer): mean over j > 0 of R[j-1][j] - b[j], where b[j] is the metric of the model before
   any training (the reference "trained on nothing"). None when T == 1 or b is unknown.
-- Forgetting: mean over j < T-1 of (best value of R[i][j] for i < T-1) - R[T-1][j], with "best" the maximum
+- Forgetting: mean over j < T-1 of (best value of R[i][j] for j <= i < T-1) - R[T-1][j], "best" the maximum
   for accuracy; for perplexity the sign is flipped so that positive always means "forgot".
 - Plasticity: mean of R[i][i], how well each experience is learnt when it is current.
 
