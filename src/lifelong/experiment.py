@@ -111,6 +111,9 @@ def resume(run_dir: str | Path, progress: bool = True) -> Results:
     if not (run_dir / "config.json").exists():
         raise StateError(f"{run_dir} is not a lifelong run directory (no config.json); nothing to resume")
     cfg = parse_config(read_json(run_dir / "config.json", "run config"))
+    if (run_dir / "results.json").exists():
+        # finished: killed after results.json (e.g. while the report was written), or resumed twice
+        return Results.from_dict(read_json(run_dir / "results.json", "results"))
     learner, stream = build_learner(cfg, run_dir, progress)
     return learner.run(stream, resume=True)
 

@@ -22,7 +22,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,11 @@ class Results:
     experience_names: list[str] = field(default_factory=list)
     experience_start_steps: list[int] = field(default_factory=list)
     method: str = ""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Results:
+        """The inverse of `to_dict` (e.g. results.json read back)."""
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -120,6 +125,8 @@ class Learner:
             method.check(stream, objective, self.methods)
         config = self.config(stream)
         checkpoint = self._prepare_run_dir(config, resume)  # raises before anything is written
+        if checkpoint is not None:  # ... as does a checkpoint that does not fit (before events.jsonl is cut)
+            st.restore(checkpoint, model=self.model, optimizer=None, methods=self.methods)
         self.model.to(self.train.device)
         self.optimizer = None  # a run never inherits optimizer state from an earlier `run` call
         torch.manual_seed(self.seed)
@@ -198,7 +205,8 @@ class Learner:
                     )
                     torch.set_rng_state(checkpoint["rng"]["torch"])
                 optimizer = self.optimizer
-                ctx = Context(model, objective, optimizer, experience, i, list(stream.experiences[: i + 1]))
+                seen = list(stream.experiences[: i + 1])
+                ctx = Context(model, objective, optimizer, experience, i, seen, step=step)
                 if not resuming:
                     p["start_steps"].append(step)
                     for hook in start_hooks:
@@ -354,13 +362,17 @@ class Learner:
                     "directory"
                 )
             return st.read_checkpoint(run_dir) if st.has_checkpoint(run_dir) else None
-        if run_dir.exists() and any(run_dir.iterdir()):
+        # a run killed while writing config.json leaves only that file's temporary copy: still empty
+        leftovers = sorted(run_dir.glob(".config.json.*.tmp")) if run_dir.exists() else []
+        if run_dir.exists() and any(p not in leftovers for p in run_dir.iterdir()):
             raise StateError(
                 f"{run_dir} exists and is not a lifelong run directory (no config.json); choose an empty "
                 "or new output directory"
             )
         if resume:
             raise StateError(f"nothing to resume in {run_dir}: it holds no run")
+        for leftover in leftovers:
+            leftover.unlink()
         run_dir.mkdir(parents=True, exist_ok=True)
         st.atomic_write_json(config_path, config)
         return None

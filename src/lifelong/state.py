@@ -174,10 +174,16 @@ def save_checkpoint(
     put("progress.json", _json_bytes(progress))
     os.replace(tmp, final)
     _fsync_dir(root)
-    previous = _latest_name(root)
     atomic_write_json(root / LATEST, {"checkpoint": name, "files": files})
-    if previous and previous != name and (root / previous).exists():
-        shutil.rmtree(root / previous)
+    # the previous checkpoint, and what a killed save left behind: older checkpoints it had no time to
+    # remove, `.<name>.tmp` folders, half-written `.LATEST.json.*.tmp` files
+    for entry in root.iterdir():
+        if entry.name in (LATEST, name):
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        elif entry.name.startswith(".") and entry.name.endswith(".tmp"):
+            entry.unlink()
     return final
 
 
@@ -185,10 +191,21 @@ def _json_bytes(obj: Any) -> bytes:
     return (json.dumps(obj, sort_keys=True) + "\n").encode()
 
 
-def _latest_name(root: Path) -> str | None:
-    if not (root / LATEST).exists():
-        return None
-    return read_json(root / LATEST, "checkpoint index").get("checkpoint")
+def _valid_index(index: Any) -> bool:
+    """LATEST.json's shape: a plain checkpoint name, and plain file names (the required ones among them)
+    with their SHA-256 digests."""
+
+    def plain(name: Any) -> bool:
+        return isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name
+
+    if not isinstance(index, dict) or not plain(index.get("checkpoint")):
+        return False
+    files = index.get("files")
+    return (
+        isinstance(files, dict)
+        and all(plain(f) and isinstance(digest, str) for f, digest in files.items())
+        and {"model.safetensors", "rng.safetensors", "progress.json"} <= set(files)
+    )
 
 
 def has_checkpoint(run_dir: str | Path) -> bool:
@@ -203,9 +220,10 @@ def read_checkpoint(run_dir: str | Path) -> dict[str, Any]:
     """
     root = Path(run_dir) / CHECKPOINTS
     index = read_json(root / LATEST, "checkpoint index")
-    if not isinstance(index, dict) or "checkpoint" not in index or "files" not in index:
+    if not _valid_index(index):
         raise StateError(
-            f"checkpoint index {root / LATEST} is damaged (missing keys); restore it from a backup"
+            f"checkpoint index {root / LATEST} is damaged (not a checkpoint name and the SHA-256 of its "
+            "files); restore it from a backup"
         )
     ckpt = root / index["checkpoint"]
     blobs: dict[str, bytes] = {}
@@ -253,7 +271,12 @@ def restore(
 ) -> None:
     """Load a checkpoint read by `read_checkpoint` into live objects."""
     saved = checkpoint["model"]
-    missing, unexpected = model.load_state_dict(saved, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(saved, strict=False)
+    except RuntimeError as err:  # same names, other shapes
+        raise StateError(
+            f"checkpoint model does not fit this model ({err}); the run directory belongs to another model"
+        ) from None
     tied = _tied_names(model)
     if unexpected or set(missing) - tied:
         raise StateError(
