@@ -8,12 +8,12 @@ FORTUNES := /usr/share/games/fortunes/science
 
 .PHONY: demo test lint data bench clean
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: an unpinned resolver would fetch a CUDA build of several GB
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e '.[data,dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[data,hf,dev]'
 	touch $(STAMP)
 
 data:
