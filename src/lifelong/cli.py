@@ -63,6 +63,11 @@ def print_comparison(named: dict[str, dict]) -> None:
     console.print(table)
 
 
+def _finish(results: dict, run_dir: Path, report: Path) -> None:
+    print_results(results, str(run_dir))
+    console.print(f"results: {run_dir / 'results.json'}   report: {report}")
+
+
 @app.command()
 def run(
     config: Annotated[Path, typer.Argument(help="YAML config (see docs/config.md)")],
@@ -80,11 +85,9 @@ def run(
         cfg = load_config(config, overrides or [])
         out = out or Path("runs") / config.stem
         results = run_config(cfg, out, progress=progress)
-        report = write_report(out)
+        _finish(results.to_dict(), out, write_report(out))
     except LifelongError as err:
         _fail(err)
-    print_results(results.to_dict(), str(out))
-    console.print(f"results: {out / 'results.json'}   report: {report}")
 
 
 @app.command()
@@ -98,11 +101,9 @@ def resume(
 
     try:
         results = resume_run(run_dir, progress=progress)
-        report = write_report(run_dir)
+        _finish(results.to_dict(), run_dir, write_report(run_dir))
     except LifelongError as err:
         _fail(err)
-    print_results(results.to_dict(), str(run_dir))
-    console.print(f"results: {run_dir / 'results.json'}   report: {report}")
 
 
 @app.command()

@@ -26,7 +26,6 @@ import json
 import math
 import os
 import shlex
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from lifelong.errors import DataError, StateError
+from lifelong.state import atomic_write_bytes
 
 __all__ = ["plot_matrix", "plot_curves", "plot_comparison", "write_report", "write_comparison_report"]
 
@@ -509,7 +509,7 @@ def plot_matrix(results: Mapping[str, Any], path: str | os.PathLike[str]) -> Pat
     """
     _check_results(results, "results")
     path = Path(path)
-    _write_atomic(path, _matrix_png(results))
+    atomic_write_bytes(path, _matrix_png(results))
     return path
 
 
@@ -525,7 +525,7 @@ def plot_curves(
     if png is None:
         return None
     path = Path(path)
-    _write_atomic(path, png)
+    atomic_write_bytes(path, png)
     return path
 
 
@@ -535,7 +535,7 @@ def plot_comparison(named_results: Mapping[str, Mapping[str, Any]], path: str | 
     All runs must share one metric (DataError otherwise). A figure a run does not have is drawn as "n/a".
     """
     path = Path(path)
-    _write_atomic(path, _comparison_png(named_results))
+    atomic_write_bytes(path, _comparison_png(named_results))
     return path
 
 
@@ -710,23 +710,6 @@ def _config_json(config: Any) -> str:
     return json.dumps(config, indent=2, sort_keys=True, default=str, ensure_ascii=False)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a temporary file in the same folder and `os.replace`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is meant to be read (and served) by others
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 # ------------------------------------------------------------------------------------------ public pages
 
 
@@ -744,10 +727,10 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
     nrows, ncols = len(results["matrix"]), len(results["matrix"][0])
 
     matrix_png = _matrix_png(results)
-    _write_atomic(run_dir / "plots" / "matrix.png", matrix_png)
+    atomic_write_bytes(run_dir / "plots" / "matrix.png", matrix_png)
     curves_png = _curves_png(results, events)
     if curves_png is not None:
-        _write_atomic(run_dir / "plots" / "curves.png", curves_png)
+        atomic_write_bytes(run_dir / "plots" / "curves.png", curves_png)
 
     title = f"lifelong report: {method}"
     body = [
@@ -789,7 +772,7 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
     body += ["<h2>Config</h2>", f"<pre>{_e(_config_json(results.get('config', {})))}</pre>"]
 
     out = run_dir / "report.html"
-    _write_atomic(out, _page(title, body).encode("utf-8"))
+    atomic_write_bytes(out, _page(title, body).encode("utf-8"))
     return out
 
 
@@ -809,7 +792,7 @@ def write_comparison_report(
     metric = _common_metric(named_results)
 
     comparison_png = _comparison_png(named_results)
-    _write_atomic(out_dir / "comparison.png", comparison_png)
+    atomic_write_bytes(out_dir / "comparison.png", comparison_png)
 
     head = ["run", "method", *(_SUMMARY_LABELS[k] for k in _SUMMARY_KEYS), "experiences", "seed", "wall time"]
     table = ["<table>", "<tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>"]
@@ -853,5 +836,5 @@ def write_comparison_report(
             body.append(_img(curves, f"{name} curves"))
 
     out = out_dir / "report.html"
-    _write_atomic(out, _page(title, body).encode("utf-8"))
+    atomic_write_bytes(out, _page(title, body).encode("utf-8"))
     return out
