@@ -39,10 +39,12 @@ def print_results(results: dict, title: str) -> None:
         matrix.add_row(str(i), *[f"{v * scale:.1f}" for v in row])
     console.print(matrix)
     fwt = "n/a" if s["fwt"] is None else f"{s['fwt'] * scale:+.1f}"
+    first = "ACC" if metric == "accuracy" else "mean perplexity"
+    note = "" if metric == "accuracy" else "  (perplexity: lower is better; BWT/FWT < 0 means better)"
     console.print(
-        f"ACC {s['acc'] * scale:.1f}  BWT {s['bwt'] * scale:+.1f}  FWT {fwt}  "
+        f"{first} {s['acc'] * scale:.1f}  BWT {s['bwt'] * scale:+.1f}  FWT {fwt}  "
         f"forgetting {s['forgetting'] * scale:.1f}  plasticity {s['plasticity'] * scale:.1f}  "
-        f"({results['wall_seconds']:.1f} s)"
+        f"({results['wall_seconds']:.1f} s){note}"
     )
 
 

@@ -14,7 +14,7 @@ DEMO_CONFIG: dict[str, Any] = {
     "data": {"name": "fashion_mnist"},
     "scenario": {"type": "class_incremental", "experiences": 5, "seed": 0},
     "model": {"name": "mlp", "hidden": [400, 400]},
-    "train": {"epochs": 1, "batch_size": 32, "lr": 0.01, "optimizer": "sgd", "eval_every": 100},
+    "train": {"epochs": 1, "batch_size": 32, "lr": 0.01, "optimizer": "sgd", "eval_every": 25},
     "seed": 0,
 }
 DEMO_METHODS = {
