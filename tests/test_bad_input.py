@@ -544,3 +544,22 @@ def test_resume_without_a_run(tmp_path):
     assert not (tmp_path / "out").exists()
     with pytest.raises(StateError, match="resume=True needs a run_dir"):
         Learner(MLP((6,), 4), progress=False).run(stream(), resume=True)
+
+
+def test_diverging_training_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tmp_path):
+    from lifelong import datasets
+    from lifelong.errors import TrainingDivergedError
+    from lifelong.learner import Learner
+    from lifelong.models import MLP
+    from lifelong.streams import class_incremental
+
+    stream = class_incremental(datasets.load("digits"), experiences=2)
+    torch.manual_seed(0)
+    model = MLP(stream.input_shape, 10, [32])
+    learner = Learner(
+        model, lr=1e12, momentum=0.9, checkpoint_every=1000, run_dir=tmp_path / "run", progress=False
+    )
+    with pytest.raises(TrainingDivergedError, match=r"diverged.*lower train\.lr"):
+        learner.run(stream)
+    assert not (tmp_path / "run" / "results.json").exists()
+    assert not list((tmp_path / "run" / "checkpoints").glob("exp-*"))  # nothing diverged was checkpointed

@@ -19,3 +19,7 @@ class DatasetNotFoundError(DataError, FileNotFoundError):
 
 class StateError(LifelongError):
     """A run directory or checkpoint is missing, damaged, or belongs to another run."""
+
+
+class TrainingDivergedError(LifelongError, ArithmeticError):
+    """The loss became NaN or infinite; the message says where and what to change."""

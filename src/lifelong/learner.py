@@ -31,7 +31,7 @@ from torch import nn
 
 from lifelong import state as st
 from lifelong.config import TrainConfig
-from lifelong.errors import StateError
+from lifelong.errors import StateError, TrainingDivergedError
 from lifelong.evaluation import metrics
 from lifelong.methods.base import Context, Method, overrides
 from lifelong.objectives import objective_for
@@ -263,10 +263,12 @@ class Learner:
                                 }
                             )
                         if train.checkpoint_every and step % train.checkpoint_every == 0:
+                            _check_finite(loss, step, i)  # never checkpoint a diverged model
                             nxt = (epoch, b + 1) if b + 1 < n_batches else (epoch + 1, 0)
                             p.update(experience=i, epoch=nxt[0], batch=nxt[1], step=step)
                             self._checkpoint(p, began, f"step-{step:09d}")
 
+                _check_finite(loss, step, i)
                 ctx.step = step
                 for hook in end_hooks:
                     hook(ctx)
@@ -415,6 +417,16 @@ class Learner:
             return
         with open(path, "a") as f:
             f.write(json.dumps(event, sort_keys=True) + "\n")
+
+
+def _check_finite(loss: torch.Tensor, step: int, experience: int) -> None:
+    # checked at checkpoints and experience ends, not every step: a per-step check would sync a GPU
+    if not bool(torch.isfinite(loss.detach())):
+        raise TrainingDivergedError(
+            f"training diverged: the loss is {float(loss.detach()):g} at step {step} "
+            f"(experience {experience}); "
+            "lower train.lr, or set train.grad_clip. The last checkpoint before this point is kept."
+        )
 
 
 def _mix(*values: int) -> int:
