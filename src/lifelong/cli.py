@@ -129,7 +129,7 @@ def datasets() -> None:
 
     table = Table(title="Data sources")
     for col in ("name", "kind", "description", "found at"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for name in registry.names():
         info = registry.info(name)
         where = info.locate()
