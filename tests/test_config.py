@@ -384,3 +384,15 @@ def test_config_file_errors(tmp_path):
     empty.write_text("")
     with pytest.raises(ConfigError, match="missing key `scenario`"):
         load_config(empty)
+
+
+def test_root_and_download_only_for_sources_read_from_files():
+    from lifelong.config import parse_config
+    from lifelong.errors import ConfigError
+
+    base = {"scenario": {"type": "class_incremental"}, "model": {"name": "mlp"}}
+    with pytest.raises(ConfigError, match=r"data\.root.*not an option of data set 'digits'"):
+        parse_config({**base, "data": {"name": "digits", "root": "/tmp"}})
+    with pytest.raises(ConfigError, match=r"data\.download.*not an option of data set 'mnist1d'"):
+        parse_config({**base, "data": {"name": "mnist1d", "download": True}})
+    assert parse_config({**base, "data": {"name": "fashion_mnist", "root": "/tmp"}}).data.root == "/tmp"

@@ -13,6 +13,7 @@ and what is allowed.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -201,6 +202,13 @@ class RunConfig(Strict):
             raise ValueError("scenario 'files' reads `scenario.path`; remove the `data` section")
         else:
             kind = datasets.info(self.data.name).kind
+            accepted = inspect.signature(datasets.info(self.data.name).loader).parameters
+            for option in ("root", "download"):
+                if getattr(self.data, option) not in (None, False) and option not in accepted:
+                    raise ValueError(
+                        f"`data.{option}` is not an option of data set {self.data.name!r} (it comes from an "
+                        "installed package, not from files); remove it"
+                    )
         data_name = self.data.name if self.data is not None else "files"
         text_scenario = self.scenario.type == "domains"
         if kind == "text" and not text_scenario:
