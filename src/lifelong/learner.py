@@ -220,6 +220,7 @@ class Learner:
                 first_epoch, first_batch = (p["epoch"], p["batch"]) if resuming else (0, 0)
                 bar.start_experience(i, len(stream), total_steps, first_epoch * n_batches + first_batch)
                 model.train()
+                loss = None  # stays None when a resumed experience has no step left to take
 
                 for epoch in range(first_epoch, epochs):
                     ctx.epoch = epoch
@@ -419,9 +420,9 @@ class Learner:
             f.write(json.dumps(event, sort_keys=True) + "\n")
 
 
-def _check_finite(loss: torch.Tensor, step: int, experience: int) -> None:
+def _check_finite(loss: torch.Tensor | None, step: int, experience: int) -> None:
     # checked at checkpoints and experience ends, not every step: a per-step check would sync a GPU
-    if not bool(torch.isfinite(loss.detach())):
+    if loss is not None and not bool(torch.isfinite(loss.detach())):
         raise TrainingDivergedError(
             f"training diverged: the loss is {float(loss.detach()):g} at step {step} "
             f"(experience {experience}); "
