@@ -27,6 +27,7 @@ demo: $(STAMP) data
 
 test: $(STAMP) data
 	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy src/lifelong
 	$(PY) -m pytest -n 2 --durations=15
 
 bench: $(STAMP) data

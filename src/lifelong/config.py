@@ -236,7 +236,7 @@ class RunConfig(Strict):
 
 # --- loading with friendly errors --------------------------------------------------------------------------
 
-_TAGGED = {
+_TAGGED: dict[str, dict[str, type[BaseModel]]] = {
     "model": {"mlp": MLPConfig, "cnn": CNNConfig, "gpt": GPTConfig},
     "method": {
         "naive": NaiveConfig,
@@ -250,11 +250,11 @@ _TAGGED = {
 def _allowed_keys(loc: tuple) -> list[str]:
     """The keys allowed in the section where an unknown key `loc[-1]` was found."""
     model: type[BaseModel] = RunConfig
-    section = None
+    section: str | None = None
     for part in loc[:-1]:
         if isinstance(part, int):
             continue
-        if section in _TAGGED and part in _TAGGED[section]:
+        if section is not None and section in _TAGGED and part in _TAGGED[section]:
             model, section = _TAGGED[section][part], None
             continue
         field = model.model_fields.get(part)
@@ -275,7 +275,7 @@ def _model_class(annotation: Any) -> type[BaseModel] | None:
 
 
 def _dotted(loc: tuple) -> str:
-    parts = []
+    parts: list[str] = []
     for i, part in enumerate(loc):
         if isinstance(part, int):
             parts[-1] = f"{parts[-1]}[{part}]"

@@ -13,20 +13,19 @@ import torch
 
 from lifelong import datasets
 from lifelong.config import RunConfig, load_config, parse_config
+from lifelong.datasets import Dataset, TextCorpus
 from lifelong.errors import StateError
 from lifelong.learner import Learner, Results
 from lifelong.methods import Method, build_method
 from lifelong.models import build_model
 from lifelong.state import read_json
-from lifelong.streams import scenarios
+from lifelong.streams import from_files, scenarios, text_domains
 from lifelong.streams.experience import Stream
 
 
 def build_stream(cfg: RunConfig) -> Stream:
     sc = cfg.scenario
     if sc.type == "files":
-        from lifelong.streams.files import from_files
-
         assert sc.path is not None
         return from_files(
             sc.path,
@@ -37,9 +36,8 @@ def build_stream(cfg: RunConfig) -> Stream:
         )
     assert cfg.data is not None
     source = datasets.load(cfg.data.name, **_load_options(cfg))
-    if sc.type == "domains":
-        from lifelong.streams.text import text_domains
-
+    if sc.type == "domains":  # the config checked that text sources go with this scenario only
+        assert isinstance(source, TextCorpus)
         return text_domains(
             source,
             domains=sc.domains,
@@ -48,6 +46,7 @@ def build_stream(cfg: RunConfig) -> Stream:
             max_blocks_per_domain=sc.max_blocks_per_domain,
             seed=sc.seed,
         )
+    assert isinstance(source, Dataset)
     ds = scenarios.subsample(source, cfg.data.train_per_class, cfg.data.test_per_class, seed=sc.seed)
     n = sc.experiences or 5
     if sc.type in ("class_incremental", "online"):

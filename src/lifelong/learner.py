@@ -158,6 +158,7 @@ class Learner:
 
     def _loop(self, stream: Stream, objective: Any, config: dict, checkpoint: dict | None) -> Results:
         train, model, methods = self.train, self.model, self.methods
+        # only the hooks a method overrides are called: a hook that does nothing costs nothing
         start_hooks = [m.start for m in methods if overrides(m, "start")]
         data_hooks = [m.data for m in methods if overrides(m, "data")]
         batch_hooks = [m.batch for m in methods if overrides(m, "batch")]
@@ -166,6 +167,7 @@ class Learner:
         end_hooks = [m.end for m in methods if overrides(m, "end")]
         evaluate = self._evaluator(stream, objective)
 
+        p: dict[str, Any]
         if checkpoint is None:
             p = {
                 "experience": 0,
@@ -209,11 +211,11 @@ class Learner:
                 ctx = Context(model, objective, optimizer, experience, i, seen, step=step)
                 if not resuming:
                     p["start_steps"].append(step)
-                    for hook in start_hooks:
-                        hook(ctx)
+                    for start in start_hooks:
+                        start(ctx)
                 data = experience.train
-                for hook in data_hooks:
-                    data = hook(ctx, data)
+                for select_data in data_hooks:
+                    data = select_data(ctx, data)
                 n, bs = len(data), train.batch_size
                 n_batches = math.ceil(n / bs)
                 total_steps = epochs * n_batches
@@ -231,19 +233,19 @@ class Learner:
                         idx = order[b * bs : (b + 1) * bs]
                         batch = Split(data.x[idx], data.y[idx], None if data.t is None else data.t[idx])
                         ctx.step = step
-                        for hook in batch_hooks:
-                            batch = hook(ctx, batch)
+                        for change_batch in batch_hooks:
+                            batch = change_batch(ctx, batch)
                         t = None if batch.t is None else batch.t.to(device)
                         out = objective.forward(model, batch.x.to(device), t)
                         loss = objective.loss(out, batch.y.to(device))
-                        for hook in loss_hooks:
-                            extra = hook(ctx, batch, out)
+                        for extra_loss in loss_hooks:
+                            extra = extra_loss(ctx, batch, out)
                             if extra is not None:
                                 loss = loss + extra
                         optimizer.zero_grad(set_to_none=True)
                         loss.backward()
-                        for hook in grad_hooks:
-                            hook(ctx)
+                        for touch_grads in grad_hooks:
+                            touch_grads(ctx)
                         if train.grad_clip is not None:
                             nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
                         if train.scheduler != "constant" or train.warmup_steps:
@@ -271,8 +273,8 @@ class Learner:
 
                 _check_finite(loss, step, i)
                 ctx.step = step
-                for hook in end_hooks:
-                    hook(ctx)
+                for finish in end_hooks:
+                    finish(ctx)
                 row = evaluate()
                 p["matrix"].append(row)
                 self._event({"event": "experience_end", "step": step, "experience": i, "row": row})

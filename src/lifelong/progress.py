@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 
 class TrainingProgress:
@@ -15,7 +16,7 @@ class TrainingProgress:
         self.enabled = enabled
         self.console = console or Console(stderr=True)
         self._progress: Progress | None = None
-        self._task = None
+        self._task: TaskID | None = None
         self._every = 1
         self._done = 0
 
@@ -33,7 +34,7 @@ class TrainingProgress:
             self._progress.__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: Any) -> None:
         if self._progress is not None:
             self._progress.__exit__(*exc)
 
@@ -47,14 +48,14 @@ class TrainingProgress:
         )
 
     def advance(self, step: int) -> None:
-        if self._progress is None:
+        if self._progress is None or self._task is None:
             return
         self._done += 1
         if self._done % self._every == 0:
             self._progress.update(self._task, completed=self._done)
 
     def end_experience(self, index: int, metric: str, seen: Sequence[float]) -> None:
-        if self._progress is None:
+        if self._progress is None or self._task is None:
             return
         self._progress.update(self._task, completed=self._progress.tasks[-1].total)
         values = " ".join(f"{v:.3f}" for v in seen)

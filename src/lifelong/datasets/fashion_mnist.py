@@ -213,4 +213,7 @@ def load_fashion_mnist(root: str | None = None, download: bool = False) -> Datas
         # torch converts several times faster than numpy's astype; copy() makes the buffer writable.
         x = torch.from_numpy(images.copy()).unsqueeze(1).to(torch.float32).div_(255.0)
         tensors += [x, torch.from_numpy(labels.astype(np.int64))]
-    return Dataset("fashion_mnist", *tensors, classes=list(CLASSES), source=str(folder))
+    train_x, train_y, test_x, test_y = tensors
+    return Dataset(
+        "fashion_mnist", train_x, train_y, test_x, test_y, classes=list(CLASSES), source=str(folder)
+    )

@@ -190,7 +190,9 @@ def _nonfinite(v: float | None) -> str | None:
 
 def _fmt_cell(v: float | None, metric: str) -> str:
     """A matrix cell: accuracy in percent, perplexity raw, one decimal."""
-    return _nonfinite(v) or f"{v * _scale(metric):.1f}"
+    if v is None or not math.isfinite(v):
+        return _nonfinite(v) or "n/a"
+    return f"{v * _scale(metric):.1f}"
 
 
 def _fmt_level(v: Any, metric: str) -> str:
@@ -599,7 +601,7 @@ def _num_td(text: str, raw: Any = None, extra: str = "", style: str = "") -> str
 
 def _summary_table(results: Mapping[str, Any]) -> str:
     metric = results["metric"]
-    summary = results.get("summary") if isinstance(results.get("summary"), Mapping) else {}
+    summary: Mapping[str, Any] = results["summary"] if isinstance(results.get("summary"), Mapping) else {}
     defs = _definitions(metric)
     rows = ["<table>", "<tr><th>Figure</th><th>Value</th><th>Definition</th></tr>"]
     for key in _SUMMARY_KEYS:
@@ -797,7 +799,7 @@ def write_comparison_report(
     head = ["run", "method", *(_SUMMARY_LABELS[k] for k in _SUMMARY_KEYS), "experiences", "seed", "wall time"]
     table = ["<table>", "<tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>"]
     for name, results in named_results.items():
-        summary = results.get("summary") if isinstance(results.get("summary"), Mapping) else {}
+        summary: Mapping[str, Any] = results["summary"] if isinstance(results.get("summary"), Mapping) else {}
         table.append(
             f"<tr><td>{_e(name)}</td><td>{_e(results.get('method', 'n/a'))}</td>"
             + "".join(
