@@ -349,7 +349,8 @@ class Learner:
         config_path = run_dir / "config.json"
         if config_path.exists():
             saved = st.read_json(config_path, "run config")
-            diff = _first_difference(saved, config)
+            # compare in the normal form of a config read back from disk
+            diff = _first_difference(saved, json.loads(json.dumps(config)))
             if diff is not None:
                 raise StateError(
                     f"run directory {run_dir} belongs to another config ({diff}); choose another output "
@@ -448,7 +449,6 @@ def _describe(e: Any) -> str:
 
 def _first_difference(a: Any, b: Any, path: str = "") -> str | None:
     """Where two JSON configs differ, as 'key x.y is A there and B here'."""
-    b = json.loads(json.dumps(b))  # same normal form as a config read back from disk
     if isinstance(a, dict) and isinstance(b, dict):
         for key in sorted(set(a) | set(b)):
             sub = f"{path}.{key}" if path else key
