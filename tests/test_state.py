@@ -441,3 +441,27 @@ def test_a_whole_run_and_its_resume_never_unpickle(tmp_path, monkeypatch, no_unp
             for d in (tmp_path / "reference", tmp_path / "run")
         )
         assert all(torch.equal(a[k], b[k]) for k in a) and a.keys() == b.keys()
+
+
+def test_resume_removes_a_checkpoint_left_behind_after_latest_moved_on(tmp_path):
+    # a kill between LATEST.json naming the last checkpoint and the removal of the previous one: the
+    # resumed run takes no further step (so saves no checkpoint), yet must leave no stale checkpoint
+    from lifelong import datasets
+    from lifelong.learner import Learner
+    from lifelong.models import MLP
+    from lifelong.streams import class_incremental
+
+    stream = class_incremental(datasets.load("digits"), experiences=2)
+
+    def learner() -> Learner:
+        torch.manual_seed(0)
+        return Learner(MLP(stream.input_shape, 10, [16]), run_dir=tmp_path / "run", progress=False)
+
+    first = learner().run(stream)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    (tmp_path / "run" / "results.json").unlink()
+    (checkpoints / "step-000000009").mkdir()
+    (checkpoints / ".LATEST.json.abc.tmp").write_text("{")
+    again = learner().run(stream, resume=True)
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["LATEST.json", "exp-0002"]
+    assert again.matrix == first.matrix

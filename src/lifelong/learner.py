@@ -125,8 +125,10 @@ class Learner:
             method.check(stream, objective, self.methods)
         config = self.config(stream)
         checkpoint = self._prepare_run_dir(config, resume)  # raises before anything is written
-        if checkpoint is not None:  # ... as does a checkpoint that does not fit (before events.jsonl is cut)
+        if checkpoint is not None and self.run_dir is not None:  # a checkpoint that does not fit fails here
             st.restore(checkpoint, model=self.model, optimizer=None, methods=self.methods)
+            # a run killed after LATEST.json moved on may have left the previous checkpoint behind
+            st.remove_stale_checkpoints(self.run_dir, keep=checkpoint["path"].name)
         self.model.to(self.train.device)
         self.optimizer = None  # a run never inherits optimizer state from an earlier `run` call
         torch.manual_seed(self.seed)

@@ -176,16 +176,20 @@ def save_checkpoint(
     os.replace(tmp, final)
     _fsync_dir(root)
     atomic_write_json(root / LATEST, {"checkpoint": name, "files": files})
-    # the previous checkpoint, and what a killed save left behind: older checkpoints it had no time to
-    # remove, `.<name>.tmp` folders, half-written `.LATEST.json.*.tmp` files
-    for entry in root.iterdir():
-        if entry.name in (LATEST, name):
+    remove_stale_checkpoints(run_dir, keep=name)
+    return final
+
+
+def remove_stale_checkpoints(run_dir: str | Path, keep: str) -> None:
+    """Remove every checkpoint but `keep`, and what a killed save left behind: older checkpoints it had no
+    time to remove, `.<name>.tmp` folders, half-written `.LATEST.json.*.tmp` files."""
+    for entry in (Path(run_dir) / CHECKPOINTS).iterdir():
+        if entry.name in (LATEST, keep):
             continue
         if entry.is_dir():
             shutil.rmtree(entry)
         elif entry.name.startswith(".") and entry.name.endswith(".tmp"):
             entry.unlink()
-    return final
 
 
 def _json_bytes(obj: Any) -> bytes:
