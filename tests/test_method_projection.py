@@ -221,7 +221,10 @@ def test_gem_projection_satisfies_every_constraint_and_is_the_closest_such_gradi
         v = gem_project_(out, refs, margin)
         g_tilde = torch.cat([x.flatten() for x in out]).double()
         assert v is not None and (v >= margin - 1e-12).all()
-        assert (G @ g_tilde >= -1e-4).all(), G @ g_tilde
+        # the projected gradient is written back in float32: the constraints hold up to its rounding,
+        # relative to |G_k| |g~| (the kernels' summation order differs between CPUs)
+        tolerance = 1e-5 * G.norm(dim=1) * g_tilde.norm()
+        assert (G @ g_tilde >= -tolerance).all(), (G @ g_tilde, tolerance)
         if margin == 0.0:  # the exact projection: scipy's NNLS of the dual gives the same vector
             u = torch.from_numpy(nnls(G.T.numpy(), -g.numpy())[0])
             torch.testing.assert_close(g_tilde, G.T @ u + g, rtol=1e-5, atol=1e-5)

@@ -11,9 +11,9 @@ results = lifelong.Learner(model, [Replay(memory=500)], lr=0.01).run(stream)
 """
 
 from lifelong import datasets, methods, models, streams
-from lifelong.config import TrainConfig
 from lifelong.errors import ConfigError, DataError, DatasetNotFoundError, LifelongError, StateError
 from lifelong.learner import Learner, Results
+from lifelong.training import TrainConfig
 from lifelong.version import __version__
 
 __all__ = [

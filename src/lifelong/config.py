@@ -21,6 +21,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lifelong.errors import ConfigError
+from lifelong.methods import ewc, l2, mas, si
+from lifelong.training import TrainConfig
 
 
 class Strict(BaseModel):
@@ -130,13 +132,6 @@ ModelConfig = Annotated[MLPConfig | CNNConfig | GPTConfig, Field(discriminator="
 # --- methods -----------------------------------------------------------------------------------------------
 
 
-# default strengths of the regularisers, shared with the method classes
-EWC_STRENGTH = 10.0
-SI_STRENGTH = 1.0
-MAS_STRENGTH = 0.01
-L2_STRENGTH = 0.03
-
-
 class NaiveConfig(Strict):
     name: Literal["naive"]
 
@@ -198,32 +193,32 @@ class WAConfig(Strict):
 
 class EWCConfig(Strict):
     name: Literal["ewc"]
-    strength: float = Field(EWC_STRENGTH, ge=0.0)
+    strength: float = Field(ewc.DEFAULT_STRENGTH, ge=0.0)
     samples: int | None = Field(1000, ge=1)  # samples per experience for the Fisher; None: all
 
 
 class OnlineEWCConfig(Strict):
     name: Literal["online_ewc"]
-    strength: float = Field(EWC_STRENGTH, ge=0.0)
+    strength: float = Field(ewc.DEFAULT_STRENGTH, ge=0.0)
     gamma: float = Field(1.0, gt=0.0, le=1.0)  # decay of the running Fisher
     samples: int | None = Field(1000, ge=1)
 
 
 class SIConfig(Strict):
     name: Literal["si"]
-    strength: float = Field(SI_STRENGTH, ge=0.0)
+    strength: float = Field(si.DEFAULT_STRENGTH, ge=0.0)
     damping: float = Field(0.1, gt=0.0)
 
 
 class MASConfig(Strict):
     name: Literal["mas"]
-    strength: float = Field(MAS_STRENGTH, ge=0.0)
+    strength: float = Field(mas.DEFAULT_STRENGTH, ge=0.0)
     samples: int | None = Field(1000, ge=1)
 
 
 class L2Config(Strict):
     name: Literal["l2"]
-    strength: float = Field(L2_STRENGTH, ge=0.0)
+    strength: float = Field(l2.DEFAULT_STRENGTH, ge=0.0)
 
 
 class LwFConfig(Strict):
@@ -305,32 +300,6 @@ MethodConfig = Annotated[
 ]
 
 
-# --- training ----------------------------------------------------------------------------------------------
-
-
-class TrainConfig(Strict):
-    """How each experience is trained. Also the keyword options of `Learner`."""
-
-    epochs: int = Field(1, ge=1)
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(0.01, gt=0.0)
-    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
-    momentum: float = Field(0.0, ge=0.0, lt=1.0)
-    weight_decay: float = Field(0.0, ge=0.0)
-    scheduler: Literal["constant", "cosine", "linear"] = "constant"  # restarts at every experience
-    warmup_steps: int = Field(0, ge=0)
-    grad_clip: float | None = Field(None, gt=0.0)
-    reset_optimizer: bool = True  # a fresh optimizer state at every experience
-    eval_every: int | None = Field(None, ge=1)  # steps; evaluations for the stability gap
-    eval_batch_size: int = Field(1000, ge=1)
-    checkpoint_every: int | None = Field(None, ge=1)  # steps; a checkpoint also ends every experience
-    device: str = "cpu"
-
-    @model_validator(mode="after")
-    def _combination(self) -> TrainConfig:
-        if self.momentum and self.optimizer != "sgd":
-            raise ValueError(f"`momentum` is an option of optimizer 'sgd', not {self.optimizer!r}")
-        return self
 
 
 class RunConfig(Strict):

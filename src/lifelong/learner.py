@@ -30,13 +30,13 @@ import torch
 from torch import nn
 
 from lifelong import state as st
-from lifelong.config import TrainConfig
 from lifelong.errors import StateError, TrainingDivergedError
 from lifelong.evaluation import metrics
 from lifelong.methods.base import Context, Method, check_composition, overrides
 from lifelong.objectives import objective_for
 from lifelong.progress import TrainingProgress
 from lifelong.streams.experience import Split, Stream
+from lifelong.training import TrainConfig
 from lifelong.validation import check_stream_fits_model
 from lifelong.version import __version__
 

@@ -36,19 +36,13 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from lifelong.config import EWC_STRENGTH
 from lifelong.errors import ConfigError
 from lifelong.methods.base import Context, Method
-from lifelong.methods.l2 import (
-    Tensors,
-    check_strength,
-    from_state,
-    placed,
-    quadratic_penalty,
-    to_state,
-    trainable,
-)
+from lifelong.methods.penalty import check_strength, quadratic_penalty
+from lifelong.methods.tensor_state import Tensors, from_state, placed, to_state, trainable
 from lifelong.streams.experience import Split, Stream
+
+DEFAULT_STRENGTH = 10.0
 
 # per-sample gradients held at once: chunk * parameters * 4 bytes stays under this
 _CHUNK_BYTES = 64 << 20
@@ -203,7 +197,7 @@ class EWC(SampleImportance):
 
     name = "ewc"
 
-    def __init__(self, strength: float = EWC_STRENGTH, samples: int | None = 1000, seed: int = 0) -> None:
+    def __init__(self, strength: float = DEFAULT_STRENGTH, samples: int | None = 1000, seed: int = 0) -> None:
         super().__init__(strength, samples, seed)
         # sum_k F_k and sum_k F_k theta*_k, and sum_k sum_i F_k,i theta*_k,i^2 (float64) for the constant
         self.fisher_sum: Tensors | None = None
@@ -285,7 +279,11 @@ class OnlineEWC(SampleImportance):
     name = "online_ewc"
 
     def __init__(
-        self, strength: float = EWC_STRENGTH, gamma: float = 1.0, samples: int | None = 1000, seed: int = 0
+        self,
+        strength: float = DEFAULT_STRENGTH,
+        gamma: float = 1.0,
+        samples: int | None = 1000,
+        seed: int = 0,
     ) -> None:
         super().__init__(strength, samples, seed)
         if not 0.0 < gamma <= 1.0:  # also refuses nan

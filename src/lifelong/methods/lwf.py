@@ -35,7 +35,7 @@ from torch.utils.hooks import RemovableHandle
 
 from lifelong.errors import ConfigError
 from lifelong.methods.base import Context, Method
-from lifelong.methods.l2 import Tensors, from_state, placed, to_state
+from lifelong.methods.tensor_state import Tensors, from_state, placed, to_state
 from lifelong.streams.experience import Split, Stream
 
 

@@ -20,15 +20,10 @@ from typing import Any
 
 import torch
 
-from lifelong.config import MAS_STRENGTH
 from lifelong.methods.base import Context
 from lifelong.methods.ewc import SampleImportance, merged, per_sample_gradients, weights_of
-from lifelong.methods.l2 import (
-    Tensors,
-    from_state,
-    quadratic_penalty,
-    to_state,
-)
+from lifelong.methods.penalty import quadratic_penalty
+from lifelong.methods.tensor_state import Tensors, from_state, to_state
 from lifelong.streams.experience import Split
 
 
@@ -40,6 +35,9 @@ def squared_output_norm(out: torch.Tensor) -> torch.Tensor:
     return finite.square().sum() / positions
 
 
+DEFAULT_STRENGTH = 0.01
+
+
 class MAS(SampleImportance):
     """Options: `strength` (lambda: the penalty is lambda * sum_i Omega_i (theta_i - theta*_i)^2), `samples`
     (training samples of each experience the importance is measured on; None: all), `seed` (which
@@ -47,7 +45,7 @@ class MAS(SampleImportance):
 
     name = "mas"
 
-    def __init__(self, strength: float = MAS_STRENGTH, samples: int | None = 1000, seed: int = 0) -> None:
+    def __init__(self, strength: float = DEFAULT_STRENGTH, samples: int | None = 1000, seed: int = 0) -> None:
         super().__init__(strength, samples, seed)
         self.omega: Tensors | None = None  # importance, summed over past experiences
         self.anchor: Tensors | None = None  # weights at the end of the previous experience

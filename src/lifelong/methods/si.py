@@ -22,21 +22,14 @@ from typing import Any
 
 import torch
 
-from lifelong.config import SI_STRENGTH
 from lifelong.errors import ConfigError
 from lifelong.methods.base import Context, Method
 from lifelong.methods.ewc import merged, weights_of
-from lifelong.methods.l2 import (
-    Tensors,
-    check_strength,
-    from_state,
-    placed,
-    quadratic_penalty,
-    snapshot,
-    to_state,
-    trainable,
-)
+from lifelong.methods.penalty import check_strength, quadratic_penalty
+from lifelong.methods.tensor_state import Tensors, from_state, placed, snapshot, to_state, trainable
 from lifelong.streams.experience import Split
+
+DEFAULT_STRENGTH = 1.0
 
 
 class SI(Method):
@@ -45,7 +38,7 @@ class SI(Method):
 
     name = "si"
 
-    def __init__(self, strength: float = SI_STRENGTH, damping: float = 0.1) -> None:
+    def __init__(self, strength: float = DEFAULT_STRENGTH, damping: float = 0.1) -> None:
         check_strength(self.name, strength)
         if not damping > 0:
             raise ConfigError(f"{self.name} damping must be greater than 0, got {damping}")
