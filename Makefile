@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: an unpinned resolver would fetch a CUDA build of several GB
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e '.[data,hf,dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[data,hf,dev,tensorboard,mlflow]'
 	touch $(STAMP)
 
 data:

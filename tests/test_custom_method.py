@@ -5,17 +5,22 @@ state_dict, and refuses a combination in `check` before anything is written."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch.nn.utils import parameters_to_vector as flat
 
 from lifelong import datasets
+from lifelong.config import parse_config
 from lifelong.errors import ConfigError
+from lifelong.experiment import run_config
 from lifelong.learner import Learner
 from lifelong.methods import METHODS, Cumulative, Joint, Method, Replay
 from lifelong.methods.base import Context, overrides
@@ -306,3 +311,20 @@ def test_context_tells_start_where_the_run_is(stream):
     starts = results.experience_start_steps
     assert starts[0] == 0 and starts[1] > 0
     assert seen == [(i, starts[i], 0, list(range(i + 1)), i) for i in range(3)]
+
+
+def test_the_page_config_runs_the_method_by_import_path(tmp_path, monkeypatch):
+    # the page's class, saved as the page says (my_methods.py on the path), run from the page's YAML
+    (tmp_path / "my_methods.py").write_text(python_block("## A complete method: L2 to the previous weights"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "my_methods", raising=False)
+    text = DOC.read_text()
+    section = text[text.index("### From a config") :]
+    raw = yaml.safe_load(re.search(r"```yaml\n(.*?)```", section, flags=re.S).group(1))
+    try:
+        results = run_config(parse_config(raw), tmp_path / "run", progress=False)
+    finally:
+        sys.modules.pop("my_methods", None)
+    assert results.method == "replay+l2_previous" and len(results.matrix) == 5
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["method"][1] == {"name": "my_methods:L2ToPrevious", "lam": 0.5}

@@ -241,3 +241,98 @@ def test_stability_gap_perplexity_never_recovers() -> None:
 
 def test_stability_gap_none_without_evals() -> None:
     assert metrics.stability_gap([], GAP_MATRIX, GAP_STARTS) is None
+
+
+# --- missing cells (a run continued with new experiences) ---------------------------------------------
+# Experiences 0 and 1 were trained first; the run was then continued with experience 2. Row 0 (and
+# `initial`) were written before experience 2 existed, so they hold None for it; row 1 was re-evaluated.
+RN = [
+    [0.90, 0.10, None],
+    [0.70, 0.85, 0.20],
+    [0.60, 0.75, 0.80],
+]
+BN = [0.10, 0.08, None]
+# acc        = (0.60 + 0.75 + 0.80) / 3                 = 0.716666...  (the last row is complete)
+# bwt        = ((0.60 - 0.90) + (0.75 - 0.85)) / 2      = -0.20        (unchanged: no None is needed)
+# fwt        = j=1: R[0][1] - b1 = 0.10 - 0.08 = 0.02; j=2: b2 is None -> skipped  -> 0.02
+# forgetting = j=0: max(0.90, 0.70) - 0.60 = 0.30; j=1: 0.85 - 0.75 = 0.10      -> 0.20
+# plasticity = (0.90 + 0.85 + 0.80) / 3                 = 0.85
+EXPECTED_N = {"acc": 2.15 / 3, "bwt": -0.20, "fwt": 0.02, "forgetting": 0.20, "plasticity": 0.85}
+
+
+def test_summary_skips_missing_cells() -> None:
+    s = metrics.summary(RN, BN)
+    for k, v in EXPECTED_N.items():
+        assert s[k] == pytest.approx(v), k
+    assert "fwt_note" not in s
+
+
+def test_missing_cells_drop_only_their_terms() -> None:
+    m = [
+        [0.90, None, None],
+        [None, 0.85, None],
+        [0.60, None, 0.80],
+    ]
+    # acc: (0.60 + 0.80) / 2 = 0.70; bwt: j=0: 0.60 - 0.90 = -0.30, j=1: R[2][1] None -> -0.30
+    # fwt: R[0][1] and R[1][2] are None -> no term -> None
+    # forgetting: j=0: best of [0.90] (R[1][0] None) - 0.60 = 0.30; j=1: final None -> 0.30
+    assert metrics.acc(m) == pytest.approx(0.70)
+    assert metrics.bwt(m) == pytest.approx(-0.30)
+    assert metrics.fwt(m, [0.1, 0.1, 0.1]) is None
+    assert metrics.forgetting(m) == pytest.approx(0.30)
+    assert metrics.plasticity(m) == pytest.approx((0.90 + 0.85 + 0.80) / 3)
+
+
+def test_figures_without_any_defined_term_are_none() -> None:
+    m = [[None, None], [None, None]]
+    assert metrics.summary(m, [None, None]) == {
+        "acc": None,
+        "bwt": None,
+        "fwt": None,
+        "forgetting": None,
+        "plasticity": None,
+    }
+
+
+def test_short_rows_read_as_missing_cells() -> None:
+    # the single figures accept rows written before a continuation as they are (shorter)
+    ragged = [[0.90, 0.10], [0.70, 0.85, 0.20], [0.60, 0.75, 0.80]]
+    assert metrics.fwt(ragged, [0.10, 0.08]) == pytest.approx(0.02)
+    assert metrics.bwt(ragged) == pytest.approx(-0.20)
+    assert metrics.forgetting(ragged) == pytest.approx(0.20)
+    # summary still insists on a square matrix, and says how to make one
+    with pytest.raises(ValueError, match="pad .* with None"):
+        metrics.summary(ragged)
+
+
+def test_fwt_marked_meaningless_for_class_incremental() -> None:
+    s = metrics.summary(R3, B3, fwt_meaningful=False)
+    assert s["fwt"] is None
+    assert s["fwt_note"] == metrics.FWT_CLASS_INCREMENTAL and "class-incremental" in s["fwt_note"]
+    for k in ("acc", "bwt", "forgetting", "plasticity"):
+        assert s[k] == pytest.approx(EXPECTED3[k]), k
+    # the positional signature of before still works and keeps FWT
+    assert metrics.summary(R3, B3, True)["fwt"] == pytest.approx(EXPECTED3["fwt"])
+
+
+def test_stability_gap_with_missing_values() -> None:
+    # experience 2 was added by a continuation: R[1][1] is known, the evals of experience 2 carry None
+    # for a test set that was not evaluated (value left out of the mean)
+    matrix = [[0.90, 0.10, None], [0.60, 0.88, None], [0.70, 0.72, 0.85]]
+    evals = [
+        _eval(12, 1, [0.40, 0.50, None]),  # old mean 0.40 <- worst
+        _eval(18, 1, [0.895, 0.80, None]),  # 0.895: recovered (0.005), 18 - 10 = 8
+        _eval(22, 2, [0.50, None, 0.30]),  # old mean over [0.50] = 0.50 <- worst; before = (0.60+0.88)/2
+        _eval(26, 2, [None, None, 0.60]),  # no old value: left out
+    ]
+    g1, g2 = metrics.stability_gap(evals, matrix, GAP_STARTS)
+    assert g1["depth"] == pytest.approx(0.50) and g1["steps_to_recover"] == 8
+    assert g2["before"] == pytest.approx(0.74) and g2["min"] == pytest.approx(0.50)
+    assert g2["min_step"] == 22 and g2["depth"] == pytest.approx(0.24)
+    assert g2["steps_to_recover"] is None
+    # an old row with no value at all: no `before`, so no depth and no recovery, but the dip is shown
+    (g,) = metrics.stability_gap([_eval(12, 1, [0.4, 0.5])], [[None, None], [0.6, 0.9]], [0, 10])
+    assert g["before"] is None and g["depth"] is None and g["steps_to_recover"] is None
+    assert g["min"] == pytest.approx(0.4) and g["final"] == pytest.approx(0.6)
+    # evaluations without any defined old value: skipped like no evaluations
+    assert metrics.stability_gap([_eval(12, 1, [None, 0.5])], [[0.9, 0.1], [0.6, 0.9]], [0, 10]) == []

@@ -144,12 +144,12 @@ def test_accuracy_report_with_evals(tmp_path):
         "Forgetting",
         "Plasticity",
         "mean of the last row",
-        "R[T−1][j] − R[j][j]",
+        "R[T][j] − R[j][j]",  # experiences numbered from 1 on the page
     ):
         assert name.lower() in page.lower()
     # stability gap table, names, config, metadata
     assert "Stability gap" in page and "not recovered" in page and ">390<" in page and ">57.0<" in page
-    assert "0: classes [0, 1]" in page
+    assert "1: classes [0, 1]" in page and "0: classes" not in page  # old 0-based prefix dropped
     assert "&quot;memory&quot;: 500" in page
     assert ">7<" in page and "12.3 s" in page and "0.1.0" in page
     assert no_temp_files(run)
@@ -170,7 +170,7 @@ def test_perplexity_report_without_events(tmp_path):
     assert "lower is better" in page
     assert "No eval events" in page
     assert "Stability gap" not in page
-    assert "exp 0" in page and "exp 1" in page  # fallback names
+    assert "exp 1" in page and "exp 2" in page and "exp 0" not in page  # fallback names, from 1
     assert "<th>untrained model</th>" not in page  # no `initial`
 
 

@@ -18,9 +18,26 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from lifelong.errors import ConfigError
+from lifelong.imports import (
+    METHOD_PROVIDED,
+    MODEL_PROVIDED,
+    check_options,
+    is_import_path,
+    method_class,
+    model_class,
+)
 from lifelong.methods import ewc, l2, mas, si
 from lifelong.training import TrainConfig
 
@@ -66,10 +83,29 @@ class ScenarioConfig(Strict):
     label_column: str = "label"
     format: str | None = None
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    # files: which columns are features, ids, tasks, time (the names of `from_files`' parameters)
+    feature_columns: list[str] | None = None  # default: every numeric column without another part
+    exclude_columns: list[str] | None = None
+    id_column: str | None = None
+    task_column: str | None = None
+    time_column: str | None = None  # orders the rows; with split_by, cuts them into experiences
+    split_by: str | int | None = None  # year, quarter, month, week, day, or N chunks of equal size
+    normalize: Literal["none", "standard"] = "none"
+    layout: Literal["auto", "channels_first", "channels_last"] = "auto"  # NPZ image arrays
     # domains (text): corpus domains in order, packed into blocks of `block_size` tokens
     domains: list[str] | None = None
     block_size: int = Field(64, ge=2)
     max_blocks_per_domain: int | None = Field(None, ge=1)
+
+    @field_validator("split_by")
+    @classmethod
+    def _period_or_chunks(cls, value: str | int | None) -> str | int | None:
+        periods = ("year", "quarter", "month", "week", "day")
+        if isinstance(value, str) and value.isdigit():
+            value = int(value)
+        if value is None or value in periods or (isinstance(value, int) and value >= 1):
+            return value
+        raise ValueError(f"{value!r} is not allowed; use one of {', '.join(periods)} or a number N >= 1")
 
     @model_validator(mode="after")
     def _combination(self) -> ScenarioConfig:
@@ -79,6 +115,13 @@ class ScenarioConfig(Strict):
             )
         if self.type != "files" and self.path:
             raise ValueError(f"`path` is only for scenario type 'files', not {self.type!r}")
+        if self.type != "files":
+            table_keys = ("feature_columns", "exclude_columns", "id_column", "task_column", "time_column")
+            for key in (*table_keys, "split_by", "normalize", "layout"):
+                if getattr(self, key) != ScenarioConfig.model_fields[key].default:
+                    raise ValueError(f"`{key}` is only for scenario type 'files', not {self.type!r}")
+        if self.split_by is not None and self.time_column is None:
+            raise ValueError("`split_by` needs `time_column`: the column whose dates order and cut the rows")
         if self.blurry and self.type != "online":
             raise ValueError(f"`blurry` is only for scenario type 'online', not {self.type!r}")
         if self.angles is not None and self.type != "rotated":
@@ -126,7 +169,36 @@ class GPTConfig(Strict):
         return self
 
 
-ModelConfig = Annotated[MLPConfig | CNNConfig | GPTConfig, Field(discriminator="name")]
+IMPORTED = "import"  # the tag of an entry whose `name` is an import path ('package.module:Class')
+
+
+def _tag(entry: Any) -> Any:
+    """Which config class validates a model or method entry: the one of its built-in `name`, or the
+    imported-class config when the name is an import path."""
+    name = entry.get("name") if isinstance(entry, dict) else getattr(entry, "name", None)
+    return IMPORTED if is_import_path(name) else name
+
+
+class ImportedModelConfig(BaseModel):
+    """`model: {name: "package.module:Class", <options>}`: a model class of your own. The class is imported
+    and the options checked against its constructor when the config is read."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str
+
+    @model_validator(mode="after")
+    def _importable(self) -> ImportedModelConfig:
+        check_options(model_class(self.name), self.model_extra or {}, "model", self.name, MODEL_PROVIDED)
+        return self
+
+
+ModelConfig = Annotated[
+    Annotated[MLPConfig, Tag("mlp")]
+    | Annotated[CNNConfig, Tag("cnn")]
+    | Annotated[GPTConfig, Tag("gpt")]
+    | Annotated[ImportedModelConfig, Tag(IMPORTED)],
+    Discriminator(_tag),
+]
 
 
 # --- methods -----------------------------------------------------------------------------------------------
@@ -272,34 +344,66 @@ class AnalyticConfig(Strict):
     train_first: bool = True
 
 
+class ImportedMethodConfig(BaseModel):
+    """`method: {name: "package.module:Class", <options>}`: a `Method` subclass of your own, imported and
+    its options checked against its constructor when the config is read."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str
+
+    @model_validator(mode="after")
+    def _importable(self) -> ImportedMethodConfig:
+        check_options(method_class(self.name), self.model_extra or {}, "method", self.name, METHOD_PROVIDED)
+        return self
+
+
 MethodConfig = Annotated[
-    NaiveConfig
-    | JointConfig
-    | CumulativeConfig
-    | ReplayConfig
-    | ErAceConfig
-    | DERConfig
-    | DERppConfig
-    | GDumbConfig
-    | ICaRLConfig
-    | WAConfig
-    | EWCConfig
-    | OnlineEWCConfig
-    | SIConfig
-    | MASConfig
-    | L2Config
-    | LwFConfig
-    | AGEMConfig
-    | GEMConfig
-    | LoRAConfig
-    | HFTConfig
-    | MergeConfig
-    | NCMConfig
-    | AnalyticConfig,
-    Field(discriminator="name"),
+    Annotated[NaiveConfig, Tag("naive")]
+    | Annotated[JointConfig, Tag("joint")]
+    | Annotated[CumulativeConfig, Tag("cumulative")]
+    | Annotated[ReplayConfig, Tag("replay")]
+    | Annotated[ErAceConfig, Tag("er_ace")]
+    | Annotated[DERConfig, Tag("der")]
+    | Annotated[DERppConfig, Tag("derpp")]
+    | Annotated[GDumbConfig, Tag("gdumb")]
+    | Annotated[ICaRLConfig, Tag("icarl")]
+    | Annotated[WAConfig, Tag("wa")]
+    | Annotated[EWCConfig, Tag("ewc")]
+    | Annotated[OnlineEWCConfig, Tag("online_ewc")]
+    | Annotated[SIConfig, Tag("si")]
+    | Annotated[MASConfig, Tag("mas")]
+    | Annotated[L2Config, Tag("l2")]
+    | Annotated[LwFConfig, Tag("lwf")]
+    | Annotated[AGEMConfig, Tag("agem")]
+    | Annotated[GEMConfig, Tag("gem")]
+    | Annotated[LoRAConfig, Tag("lora")]
+    | Annotated[HFTConfig, Tag("hft")]
+    | Annotated[MergeConfig, Tag("merge")]
+    | Annotated[NCMConfig, Tag("ncm")]
+    | Annotated[AnalyticConfig, Tag("analytic")]
+    | Annotated[ImportedMethodConfig, Tag(IMPORTED)],
+    Discriminator(_tag),
 ]
 
 
+
+
+# --- loggers -----------------------------------------------------------------------------------------------
+
+
+class TensorBoardLoggerConfig(Strict):
+    name: Literal["tensorboard"]
+    dir: str | None = None  # default: the run directory's `tensorboard/`
+
+
+class MLflowLoggerConfig(Strict):
+    name: Literal["mlflow"]
+    tracking_uri: str | None = None  # default: the database `mlflow.db` in the run directory
+    experiment: str = Field("lifelong", min_length=1)
+    run_name: str | None = None  # default: the run directory's name
+
+
+LoggerConfig = Annotated[TensorBoardLoggerConfig | MLflowLoggerConfig, Field(discriminator="name")]
 
 
 class RunConfig(Strict):
@@ -309,6 +413,10 @@ class RunConfig(Strict):
     method: MethodConfig | list[MethodConfig] = NaiveConfig(name="naive")
     train: TrainConfig = TrainConfig()
     seed: int = 0
+    loggers: list[LoggerConfig] = []  # experiment trackers (lifelong.loggers); optional packages
+    # data added after the run finished (`lifelong continue RUN --data PATH`): files or folders, in order,
+    # each read like `scenario.path` and appended as new experiences
+    continued: list[str] = []
 
     @model_validator(mode="after")
     def _combination(self) -> RunConfig:
@@ -337,19 +445,20 @@ class RunConfig(Strict):
             )
         if kind != "text" and text_scenario:
             raise ValueError(f"scenario type 'domains' needs a text data set, not {data_name!r}")
-        if (self.model.name == "gpt") != text_scenario:
+        if not is_import_path(self.model.name) and (self.model.name == "gpt") != text_scenario:
             raise ValueError(
                 "model 'gpt' goes with text (scenario 'domains')"
                 if self.model.name == "gpt"
                 else f"model {self.model.name!r} cannot model text: use model 'gpt'"
             )
-        if self.model.name == "cnn" and kind != "images":
+        # the shape of a `files` stream is known once its files are read: build_model checks [C, H, W] then
+        if self.model.name == "cnn" and kind != "images" and self.scenario.type != "files":
             raise ValueError(f"model 'cnn' needs images but {data_name!r} is {kind}; use model 'mlp'")
         if self.scenario.type == "online" and self.train.epochs != 1:
             raise ValueError("scenario 'online' is a single pass over the data: set train.epochs to 1")
-        from lifelong.methods import METHODS, check_composition
+        from lifelong.methods import check_composition
 
-        check_composition([METHODS[m.name] for m in self.methods])  # a ConfigError is a ValueError
+        check_composition([method_class(m.name) for m in self.methods])  # a ConfigError is a ValueError
         return self
 
     @property
@@ -386,6 +495,7 @@ _TAGGED: dict[str, dict[str, type[BaseModel]]] = {
         "ncm": NCMConfig,
         "analytic": AnalyticConfig,
     },
+    "loggers": {"tensorboard": TensorBoardLoggerConfig, "mlflow": MLflowLoggerConfig},
 }
 
 
@@ -440,9 +550,11 @@ def _message(err: dict) -> str:
     if kind == "missing":
         return f"missing key `{key}`"
     if kind == "union_tag_invalid":
-        section = str(loc[0])
+        section, name = str(loc[0]), err["input"].get("name")
         allowed = ", ".join(_TAGGED.get(section, {}))
-        return f"`{key}.name`: {err['input'].get('name')!r} is not a known {section}; choose one of {allowed}"
+        # a dotted name is likely meant as a class of one's own: say how to write one
+        own = ", or name your own class as 'package.module:Class'" if "." in str(name) else ""
+        return f"`{key}.name`: {name!r} is not a known {section}; choose one of {allowed}{own}"
     if kind == "union_tag_not_found":
         return f"`{key}` needs a `name` key"
     if kind == "value_error":
@@ -514,11 +626,45 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config. Paths in the file are relative to the file; paths in `overrides` relative to the
+    working directory; both are stored resolved, so a run can be resumed from any directory."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a directory; give the YAML file")
     try:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
-    return parse_config(apply_overrides(raw or {}, overrides or []))
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not a text file; give the YAML config") from None
+    raw = resolve_paths(raw or {}, path.resolve().parent)
+    return parse_config(resolve_paths(apply_overrides(raw, overrides or []), Path.cwd()))
+
+
+# config keys that name files, as (section, key); a list value is a list of paths
+_PATH_KEYS = (("scenario", "path"), ("data", "root"), (None, "continued"))
+
+
+def resolve_paths(raw: Any, base: Path) -> Any:
+    """`raw` with every relative path of `_PATH_KEYS` made absolute against `base` (`~` expanded)."""
+    if not isinstance(raw, dict):
+        return raw
+
+    def absolute(value: Any) -> Any:
+        if isinstance(value, str) and value:
+            p = Path(value).expanduser()
+            return str(p if p.is_absolute() else (base / p).resolve())
+        if isinstance(value, list):
+            return [absolute(v) for v in value]
+        return value
+
+    out = dict(raw)
+    for section, key in _PATH_KEYS:
+        node = out if section is None else out.get(section)
+        if isinstance(node, dict) and key in node:
+            if section is not None:
+                node = out[section] = dict(node)
+            node[key] = absolute(node[key])
+    return out

@@ -7,6 +7,8 @@ results = run_config(cfg, out="runs/er")
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +17,11 @@ import torch
 from lifelong import datasets
 from lifelong.config import RunConfig, load_config, parse_config
 from lifelong.datasets import Dataset, TextCorpus
-from lifelong.errors import StateError
-from lifelong.learner import Learner, Results
-from lifelong.methods import METHODS, Method, build_method
+from lifelong.errors import ConfigError, DataError, StateError
+from lifelong.imports import accepts, method_class
+from lifelong.learner import RUN_INFO, Learner, Results
+from lifelong.loggers import build_loggers
+from lifelong.methods import Method
 from lifelong.models import build_model
 from lifelong.state import read_json
 from lifelong.streams import from_files, scenarios, text_domains
@@ -34,6 +38,14 @@ def build_stream(cfg: RunConfig) -> Stream:
             format=sc.format,
             test_fraction=sc.test_fraction,
             seed=sc.seed,
+            feature_columns=sc.feature_columns,
+            task_column=sc.task_column,
+            exclude_columns=sc.exclude_columns,
+            id_column=sc.id_column,
+            time_column=sc.time_column,
+            split_by=sc.split_by,
+            normalize=sc.normalize,
+            layout=sc.layout,
         )
     assert cfg.data is not None
     source = datasets.load(cfg.data.name, **_load_options(cfg))
@@ -71,13 +83,15 @@ def _load_options(cfg: RunConfig) -> dict[str, Any]:
 
 
 def build_methods(cfg: RunConfig) -> list[Method]:
-    """The config's methods, in order; a method that draws random numbers gets the run's seed."""
+    """The config's methods, in order (built-in, or a class of your own by import path); a method that
+    draws random numbers gets the run's seed."""
     out = []
     for m in cfg.methods:
+        cls = method_class(m.name)
         options = m.model_dump(exclude={"name"})
-        if "seed" in inspect.signature(METHODS[m.name]).parameters:
+        if accepts(cls, "seed"):
             options["seed"] = cfg.seed
-        out.append(build_method(m.name, **options))
+        out.append(cls(**options))
     return out
 
 
@@ -85,7 +99,8 @@ def build_learner(
     cfg: RunConfig, out: str | Path | None = None, progress: bool = True
 ) -> tuple[Learner, Stream]:
     """The stream and a learner (model and methods inside) that `run_config` would run."""
-    stream = build_stream(cfg)
+    loggers = build_loggers(cfg.loggers, out)  # first: a missing tensorboard/mlflow fails before any work
+    stream = stream_for(cfg)
     torch.manual_seed(cfg.seed)  # model initialisation
     model = build_model(cfg.model.name, stream, **cfg.model.model_dump(exclude={"name"}))
     learner = Learner(
@@ -96,22 +111,91 @@ def build_learner(
         seed=cfg.seed,
         progress=progress,
         config=cfg.model_dump(mode="json"),
+        loggers=loggers,
     )
     return learner, stream
 
 
-def run_config(cfg: RunConfig, out: str | Path | None = None, progress: bool = True) -> Results:
-    """Train and evaluate the run that `cfg` describes, writing the run directory `out`."""
+def run_config(
+    cfg: RunConfig, out: str | Path | None = None, progress: bool = True, overwrite: bool = False
+) -> Results:
+    """Train and evaluate the run that `cfg` describes, writing the run directory `out` (replacing the run
+    it holds with `overwrite`)."""
     learner, stream = build_learner(cfg, out, progress)
-    return learner.run(stream)
+    return learner.run(stream, overwrite=overwrite)
+
+
+def stream_for(cfg: RunConfig) -> Stream:
+    """The stream a run trains on: the one its config names, then the data it was continued with."""
+    stream = build_stream(cfg)
+    for path in cfg.continued:
+        stream = _appended(stream, _new_experiences(cfg, stream, path))
+    return stream
+
+
+def _new_experiences(cfg: RunConfig, stream: Stream, path: str) -> Stream:
+    """The experiences in `path` (a file, or a folder of one file or folder per experience), read with the
+    run's own table options, its class names (in its order) and its feature scaling."""
+    if stream.kind != "classification":
+        raise ConfigError(
+            "continuing a run with new files works for classification streams; this run models language"
+        )
+    if stream.task_classes is not None:
+        raise ConfigError(
+            "this run's stream has task labels (task-incremental): new files would have none; start a new run"
+        )
+    sc = cfg.scenario
+    accepted = inspect.signature(from_files).parameters
+    options: dict[str, Any] = {"test_fraction": sc.test_fraction, "seed": sc.seed}
+    if sc.type == "files":  # the same table options as the run's own files
+        fields = sc.model_dump()
+        options.update({k: v for k, v in fields.items() if k in accepted and k not in ("path",)})
+    names = stream.info.get("label_names") or list(range(stream.num_classes))
+    options["label_names"] = list(names)
+    if stream.info.get("normalizer") is not None:
+        options["normalizer"] = stream.info["normalizer"]
+    new = from_files(path, **{k: v for k, v in options.items() if k in accepted})
+    if tuple(new.input_shape) != tuple(stream.input_shape):
+        raise DataError(
+            f"{path}: samples have shape {tuple(new.input_shape)} but the run's model takes "
+            f"{tuple(stream.input_shape)}; give data with the run's features"
+        )
+    return new
+
+
+def _appended(stream: Stream, more: Stream) -> Stream:
+    """`stream` followed by the experiences of `more` (numbered on)."""
+    n = len(stream)
+    experiences = [*stream.experiences, *(replace(e, id=n + i) for i, e in enumerate(more))]
+    return Stream(
+        name=stream.name,
+        experiences=experiences,
+        kind=stream.kind,
+        num_classes=stream.num_classes,
+        input_shape=stream.input_shape,
+        single_pass=stream.single_pass,
+        info=stream.info,
+    )
+
+
+def _config_of(run_dir: Path, action: str) -> RunConfig:
+    """The config of the CLI run in `run_dir`; a clear StateError for anything that is not one."""
+    if not (run_dir / "config.json").exists():
+        raise StateError(f"{run_dir} is not a lifelong run directory (no config.json); nothing to {action}")
+    info_path = run_dir / RUN_INFO
+    if info_path.exists() and read_json(info_path, "run information").get("origin") == "python":
+        hint = "run(stream, resume=True)" if action == "resume" else "run(longer_stream, extend=True)"
+        raise StateError(
+            f"the run in {run_dir} was started from Python, so the command line cannot rebuild its model, "
+            f"methods and data; {action} it from Python: Learner(model, methods, run_dir=...).{hint}"
+        )
+    return parse_config(read_json(run_dir / "config.json", "run config"))
 
 
 def resume(run_dir: str | Path, progress: bool = True) -> Results:
     """Continue the run in `run_dir` from its last checkpoint, to the same end as an unbroken run."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.json").exists():
-        raise StateError(f"{run_dir} is not a lifelong run directory (no config.json); nothing to resume")
-    cfg = parse_config(read_json(run_dir / "config.json", "run config"))
+    cfg = _config_of(run_dir, "resume")
     if (run_dir / "results.json").exists():
         # finished: killed after results.json (e.g. while the report was written), or resumed twice
         return Results.from_dict(read_json(run_dir / "results.json", "results"))
@@ -119,4 +203,31 @@ def resume(run_dir: str | Path, progress: bool = True) -> Results:
     return learner.run(stream, resume=True)
 
 
-__all__ = ["build_learner", "build_methods", "build_stream", "load_config", "resume", "run_config"]
+def continue_run(run_dir: str | Path, data: Sequence[str | Path], progress: bool = True) -> Results:
+    """Train the finished run in `run_dir` on new data (`data`: files or folders, each read like
+    `scenario.path`), from its final state: model, memories and method state. The matrix grows; every
+    earlier row is kept. The run's config records the data (`continued`), so a crash is resumed as usual."""
+    run_dir = Path(run_dir)
+    cfg = _config_of(run_dir, "continue")
+    if not data:
+        raise ConfigError("give the new data to continue with: --data PATH (a file or folder)")
+    paths = [str(Path(d).expanduser().resolve()) for d in data]
+    for p in paths:
+        if not Path(p).exists():
+            raise DataError(f"{p} does not exist; give a file or folder of new data")
+    raw = cfg.model_dump(mode="json")
+    raw["continued"] = [*cfg.continued, *paths]
+    learner, stream = build_learner(parse_config(raw), run_dir, progress)
+    return learner.run(stream, extend=True)
+
+
+__all__ = [
+    "build_learner",
+    "build_methods",
+    "build_stream",
+    "continue_run",
+    "load_config",
+    "resume",
+    "run_config",
+    "stream_for",
+]

@@ -20,25 +20,32 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from lifelong import state as st
-from lifelong.errors import StateError, TrainingDivergedError
+from lifelong.errors import ConfigError, StateError, TrainingDivergedError
 from lifelong.evaluation import metrics
+from lifelong.evaluation.confusion import accuracy_of, confusion_matrix, per_class_accuracy
 from lifelong.methods.base import Context, Method, check_composition, overrides
 from lifelong.objectives import objective_for
 from lifelong.progress import TrainingProgress
 from lifelong.streams.experience import Split, Stream
+from lifelong.streams.fingerprint import difference, experience_name, fingerprint
 from lifelong.training import TrainConfig
 from lifelong.validation import check_stream_fits_model
 from lifelong.version import __version__
+
+RUN_INFO = "run.json"  # beside config.json: where the run came from and what it was trained on
 
 
 @dataclass
@@ -46,9 +53,9 @@ class Results:
     """What a run produced; `to_dict()` is the content of results.json."""
 
     metric: str
-    matrix: list[list[float]]
-    initial: list[float]
-    summary: dict[str, float | None]
+    matrix: list[list[float | None]]
+    initial: list[float | None]
+    summary: dict[str, Any]
     stability_gap: list[dict[str, Any]] | None
     config: dict[str, Any]
     seed: int
@@ -56,6 +63,9 @@ class Results:
     experience_names: list[str] = field(default_factory=list)
     experience_start_steps: list[int] = field(default_factory=list)
     method: str = ""
+    label_names: list[Any] | None = None
+    per_class_accuracy: list[list[float | None]] | None = None
+    confusion: list[list[list[int]]] | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Results:
@@ -63,7 +73,7 @@ class Results:
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "metric": self.metric,
             "matrix": self.matrix,
             "initial": self.initial,
@@ -77,16 +87,26 @@ class Results:
             "experience_names": self.experience_names,
             "experience_start_steps": self.experience_start_steps,
         }
+        if self.label_names is not None:
+            out["label_names"] = self.label_names
+        if self.per_class_accuracy is not None:
+            out["per_class_accuracy"] = self.per_class_accuracy
+            out["confusion"] = self.confusion
+        return out
 
 
 class Learner:
     """Trains `model` on a stream with `methods`, evaluating after every experience.
 
+    >>> lifelong.seed(0)                       # before building the model: fixed initial weights
     >>> learner = Learner(MLP((1, 28, 28), 10), [Replay(500)], epochs=1, lr=0.01, run_dir="runs/er")
     >>> results = learner.run(stream)          # results.matrix[i][j], results.summary["acc"]
 
     `train` (or keyword arguments) sets the optimisation (see `TrainConfig`). With `run_dir` the run is
-    checkpointed there and can be resumed with `run(stream, resume=True)`; without it nothing is written.
+    checkpointed there (and its report written); `run(stream, resume=True)` goes on after a crash,
+    `run(longer_stream, extend=True)` trains a finished run on the experiences added at the end of its
+    stream. Without `run_dir` nothing is written. `loggers` receive every event (TensorBoard, MLflow: see
+    `lifelong.loggers`).
     """
 
     def __init__(
@@ -100,25 +120,49 @@ class Learner:
         seed: int = 0,
         progress: bool = True,
         config: dict[str, Any] | None = None,
+        loggers: Sequence[Any] = (),
+        report: bool = True,
         **train_options: Any,
     ) -> None:
         if train is not None and train_options:
             raise TypeError("pass either train=TrainConfig(...) or keyword options, not both")
-        self.train = train if train is not None else TrainConfig(**train_options)
+        try:
+            self.train = train if train is not None else TrainConfig(**train_options)
+        except ValidationError as err:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+            raise ConfigError(f"invalid training option: {problems}") from None
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
         self.methods = list(methods) or []
+        bad = [type(m).__name__ for m in self.methods if not isinstance(m, Method)]
+        if bad:
+            raise ConfigError(
+                f"methods must be lifelong.methods.Method objects; got {bad} (subclass Method to write one)"
+            )
         check_composition(self.methods)  # e.g. two methods that both replace the loss: refuse now
         self.objective = objective
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.seed = seed
         self.show_progress = progress
         self._config = config
+        self.loggers = list(loggers)
+        self.write_report = report
         self.optimizer: torch.optim.Optimizer | None = None
 
     # --- public -----------------------------------------------------------------------------------------
 
-    def run(self, stream: Stream, resume: bool = False) -> Results:
-        """Train on every experience of `stream` (continuing a checkpointed run if `resume`)."""
+    def run(
+        self, stream: Stream, resume: bool = False, *, extend: bool = False, overwrite: bool = False
+    ) -> Results:
+        """Train on every experience of `stream`.
+
+        `resume`: continue the checkpointed run in `run_dir` (same stream, checked by fingerprint).
+        `extend`: the run in `run_dir` has finished and `stream` is its stream with new experiences at the
+        end: train on those from the final state (model, memories, method state), growing the matrix.
+        `overwrite`: replace whatever run `run_dir` holds."""
+        if sum((resume, extend, overwrite)) > 1:
+            raise TypeError("resume, extend and overwrite exclude each other: pass at most one")
         objective = self.objective or objective_for(stream)
         self.objective = objective
         check_stream_fits_model(stream, self.model, objective)
@@ -130,15 +174,26 @@ class Learner:
                 # e.g. adapters: the model's structure must match the checkpoint. Before the run directory
                 # is touched, so a model the method cannot work with fails with nothing written.
                 method.setup(self.model)
-        checkpoint = self._prepare_run_dir(config, resume)  # raises before anything is written
+        mode = "extend" if extend else "resume" if resume else "new"
+        checkpoint = self._prepare_run_dir(config, stream, mode, overwrite)  # raises before writing
         if checkpoint is not None and self.run_dir is not None:  # a checkpoint that does not fit fails here
             st.restore(checkpoint, model=self.model, optimizer=None, methods=self.methods)
             # a run killed after LATEST.json moved on may have left the previous checkpoint behind
             st.remove_stale_checkpoints(self.run_dir, keep=checkpoint["path"].name)
         self.model.to(self.train.device)
         self.optimizer = None  # a run never inherits optimizer state from an earlier `run` call
+        _warm_up()
         torch.manual_seed(self.seed)
-        return self._loop(stream, objective, config, checkpoint)
+        try:
+            results = self._loop(stream, objective, config, checkpoint)
+        finally:
+            for logger in self.loggers:
+                logger.close()
+        if self.run_dir is not None and self.write_report:
+            from lifelong.evaluation.report import write_report
+
+            write_report(self.run_dir)
+        return results
 
     def config(self, stream: Stream) -> dict[str, Any]:
         """What identifies this run: the given config, or a description of the objects."""
@@ -174,7 +229,8 @@ class Learner:
         grad_hooks = [m.after_backward for m in methods if overrides(m, "after_backward")]
         end_hooks = [m.end for m in methods if overrides(m, "end")]
         main_loss = next((m.main_loss for m in methods if overrides(m, "main_loss")), None)
-        evaluate = self._evaluator(stream, objective)
+        evaluate, evaluate_end = self._evaluators(stream, objective)
+        classifying = stream.kind == "classification"
 
         p: dict[str, Any]
         if checkpoint is None:
@@ -189,17 +245,32 @@ class Learner:
                 "wall_seconds": 0.0,
                 "events_bytes": 0,
             }
+            if classifying:
+                p["per_class"], p["confusion"] = [], []
             self._truncate_events(0)
             p["initial"] = evaluate()  # the untrained reference for forward transfer
-            self._event({"event": "start", "step": 0, "seed": self.seed, "config": config})
+            self._event(
+                {"event": "start", "step": 0, "seed": self.seed, "config": config, "metric": objective.metric}
+            )
         else:
             p = checkpoint["progress"]
             self._truncate_events(p["events_bytes"])
-            self._event({"event": "resume", "step": p["step"], "experience": p["experience"]})
+            done = len(p["initial"])
+            if done < len(stream):  # continued with new experiences: the matrix grows to the right
+                self._grow_matrix(p, evaluate, stream, done)
+            self._event(
+                {
+                    "event": "resume",
+                    "step": p["step"],
+                    "experience": p["experience"],
+                    "metric": objective.metric,
+                }
+            )
         began = time.perf_counter() - p["wall_seconds"]
         step = p["step"]
         epochs = 1 if stream.single_pass else train.epochs
         device = train.device
+        log_every = train.log_every
         bar = TrainingProgress(enabled=self.show_progress)
 
         with bar:
@@ -264,6 +335,20 @@ class Learner:
                             self._set_lr(optimizer, epoch * n_batches + b, total_steps)
                         optimizer.step()
                         step += 1
+                        if log_every and step % log_every == 0:
+                            value, lr = float(loss.detach()), optimizer.param_groups[0]["lr"]
+                            _check_finite(loss, step, i, data, self._checkpointed())
+                            self._event(
+                                {
+                                    "event": "train",
+                                    "step": step,
+                                    "experience": i,
+                                    "epoch": epoch,
+                                    "loss": value,
+                                    "lr": lr,
+                                }
+                            )
+                            bar.show_loss(value, lr)
                         bar.advance(step)
                         if train.eval_every and step % train.eval_every == 0:
                             values = evaluate()
@@ -274,57 +359,100 @@ class Learner:
                                     "step": step,
                                     "experience": i,
                                     "epoch": epoch,
+                                    "metric": objective.metric,
                                     "values": values,
                                 }
                             )
                         if train.checkpoint_every and step % train.checkpoint_every == 0:
-                            _check_finite(loss, step, i)  # never checkpoint a diverged model
+                            # never checkpoint a diverged model
+                            _check_finite(loss, step, i, data, self._checkpointed())
                             nxt = (epoch, b + 1) if b + 1 < n_batches else (epoch + 1, 0)
                             p.update(experience=i, epoch=nxt[0], batch=nxt[1], step=step)
                             self._checkpoint(p, began, f"step-{step:09d}")
 
-                _check_finite(loss, step, i)
+                _check_finite(loss, step, i, data, self._checkpointed())
                 ctx.step = step
                 for finish in end_hooks:
                     finish(ctx)
-                row = evaluate()
+                row, confusions = evaluate_end()
                 p["matrix"].append(row)
-                self._event({"event": "experience_end", "step": step, "experience": i, "row": row})
+                end_event: dict[str, Any] = {
+                    "event": "experience_end",
+                    "step": step,
+                    "experience": i,
+                    "metric": objective.metric,
+                    "row": row,
+                }
+                if confusions is not None:
+                    total = torch.stack(confusions).sum(dim=0)
+                    p["per_class"].append(per_class_accuracy(total))
+                    p["confusion"].append(total.tolist())
+                self._event(end_event)
                 bar.end_experience(i, objective.metric, row[: i + 1])
                 p.update(experience=i + 1, epoch=0, batch=0, step=step)
                 self._checkpoint(p, began, f"exp-{i + 1:04d}")
                 checkpoint = None
 
+        # class-incremental: the untrained model, and any model trained only on earlier classes, scores 0
+        # on unseen classes, so forward transfer is 0 by construction and says nothing
+        fwt_meaningful = not (classifying and _disjoint_classes(stream))
+        summary = metrics.summary(p["matrix"], p["initial"], objective.higher_is_better, fwt_meaningful)
         results = Results(
             metric=objective.metric,
             matrix=p["matrix"],
             initial=p["initial"],
-            summary=metrics.summary(p["matrix"], p["initial"], objective.higher_is_better),
+            summary=summary,
             stability_gap=metrics.stability_gap(
                 p["evals"], p["matrix"], p["start_steps"], objective.higher_is_better
             ),
             config=config,
             seed=self.seed,
             wall_seconds=time.perf_counter() - began,
-            experience_names=[_describe(e) for e in stream],
+            experience_names=[experience_name(e) for e in stream],
             experience_start_steps=p["start_steps"],
             method="+".join(m.name for m in methods) or "naive",
+            label_names=_label_names(stream) if classifying else None,
+            per_class_accuracy=p.get("per_class"),
+            confusion=p.get("confusion"),
         )
+        self._event({"event": "end", "step": step, "summary": summary})
         if self.run_dir is not None:
             st.atomic_write_json(self.run_dir / "results.json", results.to_dict())
         return results
 
     # --- helpers ----------------------------------------------------------------------------------------
 
-    def _evaluator(self, stream: Stream, objective: Any):
+    def _evaluators(self, stream: Stream, objective: Any) -> tuple[Any, Any]:
+        """`evaluate()`: the metric on every test set (periodic evaluations); `evaluate_end()`: the same plus
+        the confusion matrix of each test set for classification, in one pass."""
         batch_size = self.train.eval_batch_size
         predict_hooks = [m.predict for m in self.methods if overrides(m, "predict")]
-        scored = _Predicting(self.model, predict_hooks) if predict_hooks else self.model
+        scored = Predicting(self.model, predict_hooks) if predict_hooks else self.model
 
-        def evaluate() -> list[float]:
-            return [objective.evaluate(scored, s, batch_size) for s in stream.test_sets]
+        def evaluate(sets: Sequence[Split] | None = None) -> list[float]:
+            return [objective.evaluate(scored, s, batch_size) for s in (sets or stream.test_sets)]
 
-        return evaluate
+        def evaluate_end() -> tuple[list[float], list[torch.Tensor] | None]:
+            if stream.kind != "classification":
+                return evaluate(), None
+            confusions = [
+                confusion_matrix(objective, scored, s, stream.num_classes, batch_size)
+                for s in stream.test_sets
+            ]
+            return [accuracy_of(c) for c in confusions], confusions
+
+        return evaluate, evaluate_end
+
+    def _grow_matrix(self, p: dict[str, Any], evaluate: Any, stream: Stream, done: int) -> None:
+        """A finished run of `done` experiences continues on a longer stream: earlier rows keep their values
+        and have none for the new experiences, except the last row: the current model is the model after
+        the last experience, so its metric on the new test sets is measured now."""
+        new = len(stream) - done
+        for row in p["matrix"]:
+            row.extend([None] * new)
+        if p["matrix"]:
+            p["matrix"][-1][done:] = evaluate(stream.test_sets[done:])
+        p["initial"].extend([None] * new)  # the untrained model is gone
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         tr = self.train
@@ -352,50 +480,151 @@ class Learner:
         for group in optimizer.param_groups:
             group["lr"] = tr.lr * factor
 
-    def _prepare_run_dir(self, config: dict, resume: bool) -> dict | None:
-        """Check the run directory and return the checkpoint to resume from (or None). Writes only once
-        every check has passed."""
-        if self.run_dir is None:
-            if resume:
-                raise StateError("resume=True needs a run_dir to resume from")
-            return None
+    # --- the run directory ------------------------------------------------------------------------------
+
+    def _prepare_run_dir(self, config: dict, stream: Stream, mode: str, overwrite: bool) -> dict | None:
+        """Check the run directory and return the checkpoint to go on from (or None). Writes only once every
+        check has passed.
+
+        The rule for an existing directory: one that holds no checkpoint and no results (a run that stopped
+        before its first checkpoint: diverged, interrupted, wrong option) has nothing worth keeping, and a
+        new run replaces it; one with a checkpoint or results is resumed, continued, or replaced only on
+        request (`overwrite`)."""
         run_dir = self.run_dir
+        if run_dir is None:
+            if mode != "new":
+                raise StateError(f"{mode}=True needs a run_dir to {mode} from")
+            return None
+        if run_dir.exists() and not run_dir.is_dir():
+            raise StateError(f"{run_dir} is a file, not a run directory; choose another output directory")
         config_path = run_dir / "config.json"
-        if config_path.exists():
-            saved = st.read_json(config_path, "run config")
-            # compare in the normal form of a config read back from disk
-            diff = _first_difference(saved, json.loads(json.dumps(config)))
+        fp = fingerprint(stream)
+        initial = st.weights_digest(self.model)
+        if not config_path.exists():
+            # a run killed while writing config.json leaves only that file's temporary copy: still empty
+            leftovers = sorted(run_dir.glob(".config.json.*.tmp")) if run_dir.exists() else []
+            if run_dir.exists() and any(p not in leftovers for p in run_dir.iterdir()):
+                raise StateError(
+                    f"{run_dir} exists and is not a lifelong run directory (no config.json); choose an "
+                    "empty or new output directory (nothing in it was changed)"
+                )
+            if mode != "new":
+                raise StateError(f"nothing to {mode} in {run_dir}: it holds no run")
+            for leftover in leftovers:
+                leftover.unlink()
+            self._start_run_dir(config, stream, fp, initial)
+            return None
+
+        saved = st.read_json(config_path, "run config")
+        info = _read_run_info(run_dir)
+        python_run = info.get("origin") == "python"
+        finished = (run_dir / "results.json").exists()
+        has_checkpoint = st.has_checkpoint(run_dir)
+        if mode == "new":
+            if overwrite or not (finished or has_checkpoint):
+                if not overwrite:
+                    warnings.warn(
+                        f"run directory {run_dir} held a run that stopped before its first checkpoint; "
+                        "starting again in it",
+                        stacklevel=3,
+                    )
+                shutil.rmtree(run_dir)
+                self._start_run_dir(config, stream, fp, initial)
+                return None
+            diff = _first_difference(saved, _as_json(config))
             if diff is not None:
                 raise StateError(
                     f"run directory {run_dir} belongs to another config ({diff}); choose another output "
-                    f"directory, or resume that run with `lifelong resume {run_dir}`"
+                    "directory, or replace that run with --overwrite (run(..., overwrite=True))"
                 )
-            if (run_dir / "results.json").exists():
+            if finished:
                 raise StateError(
-                    f"run directory {run_dir} holds a finished run; read {run_dir / 'results.json'}, "
-                    f"or choose another output directory"
+                    f"run directory {run_dir} holds a finished run; train it on new data with "
+                    f"{_continue_hint(run_dir, python_run)}, choose another output directory, or replace it "
+                    "with --overwrite (run(..., overwrite=True))"
                 )
-            if not resume:
-                raise StateError(
-                    f"run directory {run_dir} holds an unfinished run of this config; continue it with "
-                    f"`lifelong resume {run_dir}` (Learner.run(stream, resume=True)) or choose another "
-                    "directory"
-                )
-            return st.read_checkpoint(run_dir) if st.has_checkpoint(run_dir) else None
-        # a run killed while writing config.json leaves only that file's temporary copy: still empty
-        leftovers = sorted(run_dir.glob(".config.json.*.tmp")) if run_dir.exists() else []
-        if run_dir.exists() and any(p not in leftovers for p in run_dir.iterdir()):
             raise StateError(
-                f"{run_dir} exists and is not a lifelong run directory (no config.json); choose an empty "
-                "or new output directory"
+                f"run directory {run_dir} holds an unfinished run of this config; continue it with "
+                f"{_resume_hint(run_dir, python_run)}, choose another directory, or start it again with "
+                "--overwrite (run(..., overwrite=True))"
             )
-        if resume:
-            raise StateError(f"nothing to resume in {run_dir}: it holds no run")
-        for leftover in leftovers:
-            leftover.unlink()
-        run_dir.mkdir(parents=True, exist_ok=True)
+
+        extend = mode == "extend"
+        diff = _first_difference(_comparable(saved, extend), _comparable(_as_json(config), extend))
+        if diff is not None:
+            raise StateError(
+                f"run directory {run_dir} belongs to another config ({diff}); resume it with the config "
+                "it was started with"
+            )
+        recorded = info.get("stream")
+        if recorded is not None:  # run directories of lifelong 0.1 have no fingerprint
+            change = difference(recorded, fp, prefix_only=extend)
+            if change is not None:
+                raise StateError(
+                    f"the data of the run in {run_dir} changed since it started: {change}. Restore the "
+                    "data it was trained on, or start a new run in another directory"
+                )
+        if mode == "resume":
+            if finished:
+                raise StateError(
+                    f"run directory {run_dir} holds a finished run; read {run_dir / 'results.json'}, or "
+                    f"train it on new data with {_continue_hint(run_dir, python_run)}"
+                )
+            if has_checkpoint:
+                return st.read_checkpoint(run_dir)
+            if info.get("initial_weights_sha256") not in (None, initial):
+                raise StateError(
+                    f"the run in {run_dir} stopped before its first checkpoint and this model's initial "
+                    "weights differ from the ones it started with, so it would not be the same run; call "
+                    "lifelong.seed(SEED) before building the model (as the first attempt should have), "
+                    "or start a new run with overwrite=True"
+                )
+            return None
+
+        # extend: a finished run (or one whose last checkpoint ends its stream) goes on with new experiences
+        if not has_checkpoint:
+            raise StateError(f"nothing to continue in {run_dir}: it holds no checkpoint")
+        checkpoint = st.read_checkpoint(run_dir)
+        done = len(checkpoint["progress"]["initial"])
+        if checkpoint["progress"]["experience"] < done:
+            raise StateError(
+                f"the run in {run_dir} has not finished (it stopped in experience "
+                f"{checkpoint['progress']['experience'] + 1} of {done}); finish it first with "
+                f"{_resume_hint(run_dir, python_run)}, then continue it with new data"
+            )
+        if len(stream) <= done:
+            raise StateError(
+                f"the stream given to continue the run in {run_dir} has no new experience ({len(stream)} "
+                f"experiences, the run trained on {done}); add the new data at the end of the stream"
+            )
+        # results.json first: a run killed from here on resumes (to the old or the new end), never looks done
+        (run_dir / "results.json").unlink(missing_ok=True)
         st.atomic_write_json(config_path, config)
-        return None
+        self._write_run_info(stream, fp, info.get("initial_weights_sha256", initial))
+        return checkpoint
+
+    def _start_run_dir(self, config: dict, stream: Stream, fp: dict, initial: str) -> None:
+        assert self.run_dir is not None
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._write_run_info(stream, fp, initial)
+        st.atomic_write_json(self.run_dir / "config.json", config)  # last: it marks the directory as a run
+
+    def _write_run_info(self, stream: Stream, fp: dict, initial: str) -> None:
+        assert self.run_dir is not None
+        st.atomic_write_json(
+            self.run_dir / RUN_INFO,
+            {
+                "origin": "python" if self._config is None else "config",
+                "lifelong_version": __version__,
+                "initial_weights_sha256": initial,
+                "stream": fp,
+                "stream_info": _stream_info(stream),
+                "model_class": f"{type(self.model).__module__}.{type(self.model).__qualname__}",
+            },
+        )
+
+    def _checkpointed(self) -> bool:
+        return self.run_dir is not None and st.has_checkpoint(self.run_dir)
 
     def _checkpoint(self, p: dict, began: float, name: str) -> None:
         if self.run_dir is None:
@@ -430,6 +659,9 @@ class Learner:
             os.fsync(f.fileno())
 
     def _event(self, event: dict) -> None:
+        event["time"] = round(time.time(), 3)
+        for logger in self.loggers:
+            logger.log(event)
         path = self._events_path()
         if path is None:
             return
@@ -437,7 +669,7 @@ class Learner:
             f.write(json.dumps(event, sort_keys=True) + "\n")
 
 
-class _Predicting(nn.Module):
+class Predicting(nn.Module):
     """The model as evaluation sees it when a method decides the predictions (e.g. nearest mean)."""
 
     def __init__(self, model: nn.Module, hooks: list[Any]) -> None:
@@ -452,14 +684,39 @@ class _Predicting(nn.Module):
         return out
 
 
-def _check_finite(loss: torch.Tensor | None, step: int, experience: int) -> None:
-    # checked at checkpoints and experience ends, not every step: a per-step check would sync a GPU
-    if loss is not None and not bool(torch.isfinite(loss.detach())):
-        raise TrainingDivergedError(
-            f"training diverged: the loss is {float(loss.detach()):g} at step {step} "
-            f"(experience {experience}); "
-            "lower train.lr, or set train.grad_clip. The last checkpoint before this point is kept."
-        )
+def _warm_up() -> None:
+    """The first optimizer step of a process costs ~1.4 s in torch 2.13 (a lazy import). Pay it before the
+    clock starts, so `wall_seconds` measures the run, not whichever run came first in the process."""
+    weight = torch.zeros(1, requires_grad=True)
+    weight.grad = torch.zeros(1)
+    torch.optim.SGD([weight], lr=0.0).step()
+
+
+def _check_finite(
+    loss: torch.Tensor | None, step: int, experience: int, data: Split, checkpointed: bool
+) -> None:
+    # checked at logs, checkpoints and experience ends, not every step: a per-step check would sync a GPU
+    if loss is None or bool(torch.isfinite(loss.detach())):
+        return
+    hints = ["lower train.lr, or set train.grad_clip"]
+    if torch.is_floating_point(data.x) and len(data):
+        largest = float(data.x.abs().max())
+        if largest > 100:
+            hints.insert(
+                0,
+                f"the inputs reach |x| = {largest:.3g}: unscaled features make training diverge, so scale "
+                "them (scenario.normalize: standard for files, or divide by their range)",
+            )
+    kept = (
+        "The last checkpoint before this point is kept; rerun with the fix and --overwrite "
+        "(or another --out)."
+        if checkpointed
+        else "No checkpoint was written: rerun with the fix (the run directory is reused)."
+    )
+    raise TrainingDivergedError(
+        f"training diverged: the loss is {float(loss.detach()):g} at step {step} "
+        f"(experience {experience + 1}); {'; '.join(hints)}. {kept}"
+    )
 
 
 def _mix(*values: int) -> int:
@@ -470,10 +727,73 @@ def _mix(*values: int) -> int:
     return h
 
 
-def _describe(e: Any) -> str:
-    if e.classes is not None and e.domain is None:
-        return f"{e.id}: classes {e.classes}"
-    return f"{e.id}: {e.domain}" if e.domain is not None else str(e.id)
+def _disjoint_classes(stream: Stream) -> bool:
+    """True when no class appears in the training data of two experiences (class-incremental)."""
+    if len(stream) < 2 or any(e.classes is None for e in stream) or stream.task_classes is not None:
+        return False
+    seen: set[int] = set()
+    for e in stream:
+        classes = set(e.classes or [])
+        if classes & seen:
+            return False
+        seen |= classes
+    return True
+
+
+def _label_names(stream: Stream) -> list[Any]:
+    names = stream.info.get("label_names") or stream.info.get("class_names")
+    if names is not None and len(names) == stream.num_classes:
+        return [n if isinstance(n, int | str) else str(n) for n in names]
+    return list(range(stream.num_classes))
+
+
+def _stream_info(stream: Stream) -> dict[str, Any]:
+    """What inference needs to know about the data without loading it (JSON only)."""
+    tasks = stream.task_classes
+    out: dict[str, Any] = {
+        "kind": stream.kind,
+        "num_classes": stream.num_classes,
+        "input_shape": list(stream.input_shape),
+        "task_classes": None if tasks is None else {str(k): v for k, v in tasks.items()},
+    }
+    if stream.kind == "classification":
+        out["label_names"] = _label_names(stream)
+    for key in ("feature_names", "normalizer", "columns", "layout"):
+        if key in stream.info:
+            out[key] = _as_json(stream.info[key])
+    return out
+
+
+def _read_run_info(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / RUN_INFO
+    return st.read_json(path, "run information") if path.exists() else {}
+
+
+def _as_json(obj: Any) -> Any:
+    """`obj` in the normal form of JSON read back from disk."""
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _comparable(config: Any, extend: bool) -> Any:
+    """A config without what resuming may change (the loggers) and, when continuing a run, what that adds:
+    the data (`continued`) and, for runs made from Python objects, the stream's description (its
+    fingerprint is checked instead)."""
+    if not isinstance(config, dict):
+        return config
+    dropped = ("loggers", "continued", "stream") if extend else ("loggers",)  # loggers may change
+    return {k: v for k, v in config.items() if k not in dropped}
+
+
+def _resume_hint(run_dir: Path, python_run: bool) -> str:
+    if python_run:
+        return "Learner(...).run(stream, resume=True) from Python (it was started from Python)"
+    return f"`lifelong resume {run_dir}`"
+
+
+def _continue_hint(run_dir: Path, python_run: bool) -> str:
+    if python_run:
+        return "Learner(...).run(longer_stream, extend=True) from Python (it was started from Python)"
+    return f"`lifelong continue {run_dir} --data PATH`"
 
 
 def _first_difference(a: Any, b: Any, path: str = "") -> str | None:

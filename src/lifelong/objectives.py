@@ -2,18 +2,86 @@
 
 The learner and every method see only this interface: `loss(out, batch)` for training, `evaluate(model,
 split)` for the accuracy (or perplexity) matrix. Classification and causal language modelling implement it.
+
+`forward(model, x, t)` is how the loop and the methods call a model, so any model fits it the same way: a
+model may return a tensor of logits, a dict with "logits" or an object with a `.logits` tensor (a Hugging
+Face `ModelOutput`), and one whose `forward` has a parameter `task` (or `t`) receives the batch's task
+labels under that name (None where the stream has none).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
-from typing import Protocol
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lifelong.errors import DataError
 from lifelong.streams.experience import Split, Stream
+
+TASK_KEYWORDS = ("task", "t")  # names under which a model's forward may take the task labels
+
+
+def logits_of(out: Any, model: object = None) -> torch.Tensor:
+    """The logits in a model's output `out`: `out` itself when it is a tensor, `out["logits"]` of a dict,
+    `out.logits` of an object (a Hugging Face `ModelOutput`). Anything else raises DataError, naming
+    `model`'s class where given."""
+    if isinstance(out, torch.Tensor):  # the common case costs this one check
+        return out
+    logits = out.get("logits") if isinstance(out, Mapping) else getattr(out, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    what = f"a {type(out).__name__}"
+    if isinstance(out, Mapping):
+        what += f" with keys {sorted(str(k) for k in out)} and no tensor under 'logits'"
+    who = "the model" if model is None else f"the model {type(model).__name__}"
+    raise DataError(
+        f"{who} returned {what}, not logits; return a tensor of logits [batch, classes], "
+        "or a dict/object with `logits`"
+    )
+
+
+def task_keyword(model: Callable[..., Any]) -> str | None:
+    """The keyword (`task` or `t`) under which `model`'s forward takes task labels, or None."""
+    forward = type(model).forward if isinstance(model, nn.Module) else model
+    try:
+        parameters = inspect.signature(forward).parameters
+    except (TypeError, ValueError):  # a callable without a signature (a C function) takes no task
+        return None
+    for name in TASK_KEYWORDS:
+        p = parameters.get(name)
+        if p is not None and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            return name
+    return None
+
+
+class ModelCall:
+    """Calls a model as the objectives do: with the task labels where its forward takes them, looked up
+    once per model class (not per step), and returning its logits."""
+
+    def __init__(self) -> None:
+        self._keywords: dict[type, str | None] = {}
+
+    def output(self, model: Callable[..., Any], x: torch.Tensor, t: torch.Tensor | None) -> Any:
+        """What `model` returns for `x` (and task labels `t`), before the logits are taken out."""
+        cls = type(model)
+        if cls in self._keywords:
+            keyword = self._keywords[cls]
+        else:
+            keyword = task_keyword(model)
+            # a module's forward is its class's; a plain function (e.g. a functional_call wrapper) is
+            # looked at each time, as functions of one type differ
+            if isinstance(model, nn.Module):
+                self._keywords[cls] = keyword
+        return model(x) if keyword is None else model(x, **{keyword: t})
+
+    def __call__(self, model: Callable[..., Any], x: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor:
+        out = self.output(model, x, t)
+        return out if isinstance(out, torch.Tensor) else logits_of(out, model)
 
 
 class Objective(Protocol):
@@ -40,6 +108,7 @@ class Classification:
     def __init__(self, num_classes: int, task_classes: dict[int, list[int]] | None = None) -> None:
         self.num_classes = num_classes
         self.task_classes = task_classes
+        self._call = ModelCall()
         self._mask: torch.Tensor | None = None
         if task_classes:
             n_tasks = max(task_classes) + 1
@@ -49,7 +118,7 @@ class Classification:
             self._mask = mask
 
     def forward(self, model: nn.Module, x: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor:
-        out = model(x)
+        out = self._call(model, x, t)
         if self._mask is not None and t is not None:
             out = out + self._mask.to(out.device)[t]
         return out
@@ -80,9 +149,10 @@ class LanguageModeling:
 
     def __init__(self, vocab_size: int) -> None:
         self.num_classes = vocab_size
+        self._call = ModelCall()
 
     def forward(self, model: nn.Module, x: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor:
-        return model(x)
+        return self._call(model, x, t)
 
     def loss(self, out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         per_token = F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none").view_as(y)

@@ -27,6 +27,7 @@ class TrainingProgress:
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),
+                TextColumn("{task.fields[loss]}"),
                 console=self.console,
                 transient=False,
                 refresh_per_second=4,
@@ -44,8 +45,14 @@ class TrainingProgress:
         self._every = max(1, total_steps // 50)
         self._done = done
         self._task = self._progress.add_task(
-            f"experience {index + 1}/{count}", total=total_steps, completed=done
+            f"experience {index + 1}/{count}", total=total_steps, completed=done, loss=""
         )
+
+    def show_loss(self, loss: float, lr: float) -> None:
+        """The training loss and LR of the latest logged step (every `train.log_every` steps)."""
+        if self._progress is None or self._task is None:
+            return
+        self._progress.update(self._task, loss=f"loss {loss:.4g}  lr {lr:.3g}")
 
     def advance(self, step: int) -> None:
         if self._progress is None or self._task is None:

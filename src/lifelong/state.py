@@ -95,6 +95,55 @@ def split_state(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[st
     return tensors, meta
 
 
+_JSON_SCALARS = (str, int, float, bool, type(None))
+
+
+def check_method_state(method: str, state: Any) -> None:
+    """Raise StateError unless `state` (method `method`'s state_dict) is a dict whose values are tensors or
+    JSON values, so a checkpoint can hold it and give it back unchanged. Run before a checkpoint writes
+    anything: a value json.dumps cannot write would otherwise fail halfway through."""
+    if not isinstance(state, dict):
+        raise StateError(
+            f"method {method!r}: state_dict() returned a {type(state).__name__}; return a dict of tensors "
+            "and JSON values"
+        )
+    for key, value in state.items():
+        if not isinstance(key, str):
+            _bad_state(method, repr(key), key, "a key")
+        if not isinstance(value, torch.Tensor):
+            _check_json(method, key, value)
+
+
+def _check_json(method: str, where: str, value: Any) -> None:
+    if isinstance(value, _JSON_SCALARS):
+        return
+    if isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _check_json(method, f"{where}[{i}]", item)
+    elif isinstance(value, dict):
+        for k, item in value.items():
+            if not isinstance(k, str):  # JSON would turn it into a string: resumed, the key would differ
+                _bad_state(method, where, k, "a dict key")
+            _check_json(method, f"{where}.{k}", item)
+    else:
+        _bad_state(method, where, value, "a value")
+
+
+def _bad_state(method: str, where: str, value: Any, what: str) -> None:
+    kind = type(value).__name__
+    if isinstance(value, torch.Tensor):
+        fix = "put each tensor under a top-level key of its own (nested values must be JSON)"
+    else:
+        fix = (
+            "convert numpy arrays with torch.from_numpy (numpy numbers with .item()); store other values "
+            "as JSON (None, bool, int, float, str, lists, dicts with string keys)"
+        )
+    raise StateError(
+        f"method {method!r}: state_dict() has {what} of type {kind} at key {where!r}; a checkpoint holds "
+        f"tensors and JSON values only: {fix}"
+    )
+
+
 def _tied_names(model: nn.Module) -> set[str]:
     """State-dict entries that share storage with an earlier entry (tied weights, e.g. a GPT head)."""
     tied, seen = set(), set()
@@ -150,6 +199,9 @@ def save_checkpoint(
     name: str,
 ) -> Path:
     """Write a complete checkpoint named `name`, then make it the current one."""
+    states = [method.state_dict() for method in methods]
+    for method, state in zip(methods, states, strict=True):  # before anything is written
+        check_method_state(method.name, state)
     root = Path(run_dir) / CHECKPOINTS
     final = root / name
     tmp = root / f".{name}.tmp"
@@ -167,8 +219,8 @@ def save_checkpoint(
         tensors, meta = _optimizer_state(optimizer)
         put("optimizer.safetensors", st_save(tensors))
         put("optimizer.json", _json_bytes(meta))
-    for i, method in enumerate(methods):
-        tensors, meta = split_state(method.state_dict())
+    for i, (method, state) in enumerate(zip(methods, states, strict=True)):
+        tensors, meta = split_state(state)
         put(f"method-{i}-{method.name}.safetensors", st_save(tensors))
         put(f"method-{i}-{method.name}.json", _json_bytes(meta))
     put("rng.safetensors", st_save({k: v.contiguous() for k, v in rng.items()}))
@@ -295,3 +347,12 @@ def restore(
         raise StateError(f"checkpoint has methods {names} but this run has {[m.name for m in methods]}")
     for method, (_, state) in zip(methods, checkpoint["methods"], strict=True):
         method.load_state_dict(state)
+
+
+def weights_digest(model: nn.Module) -> str:
+    """SHA-256 of a model's weights (names, dtypes, shapes and values): tells two initialisations apart."""
+    h = hashlib.sha256()
+    for name, tensor in _model_tensors(model).items():
+        h.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        h.update(tensor.view(torch.uint8).numpy().data if tensor.numel() else b"")
+    return h.hexdigest()

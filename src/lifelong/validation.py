@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from lifelong.errors import DataError
+from lifelong.objectives import ModelCall, logits_of
 from lifelong.streams.experience import Split, Stream
 
 
@@ -44,12 +45,14 @@ def check_stream_fits_model(stream: Stream, model: nn.Module, objective: Any) ->
                     f"{tuple(stream.input_shape)}; every experience must have the same input shape"
                 )
     probe = stream[0].test.x[:2]
+    probe_t = None if stream[0].test.t is None else stream[0].test.t[:2]
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             device = next(model.parameters()).device
-            out = model(probe.to(device))
+            # as the objectives call it: with the task labels where its forward takes them
+            out = ModelCall().output(model, probe.to(device), None if probe_t is None else probe_t.to(device))
     except (RuntimeError, ValueError, IndexError) as err:
         raise DataError(
             f"input of shape {tuple(probe.shape[1:])} does not fit the model {type(model).__name__}: {err}. "
@@ -57,17 +60,23 @@ def check_stream_fits_model(stream: Stream, model: nn.Module, objective: Any) ->
         ) from None
     finally:
         model.train(was_training)
-    outputs = out.shape[-1]
+    outputs = logits_of(out, model).shape[-1]  # a tuple, a string, a dict without logits: fails here
     for e in stream:
         for split_name, split in (("train", e.train), ("test", e.test)):
             lo, hi = int(split.y.min()), int(split.y.max())
             if lo < 0 or hi >= outputs:
                 bad = lo if lo < 0 else hi
                 what = "token id" if stream.kind == "language_modeling" else "label"
+                fix = f"build the model with at least {hi + 1} outputs or fix the labels"
+                if lo < 0 and stream.kind == "classification":
+                    n_bad = sum(int((s.y < 0).sum()) for x in stream for s in (x.train, x.test))
+                    fix = (
+                        f"{n_bad} rows have negative labels; -1 often marks unlabeled rows: drop them, or "
+                        "map the labels to 0..K-1 if they are real classes"
+                    )
                 raise DataError(
                     f"experience {e.id} ({split_name} split) has {what} {bad}, but the model has {outputs} "
-                    f"outputs (valid: 0..{outputs - 1}); build the model with at least {hi + 1} outputs "
-                    "or fix the labels"
+                    f"outputs (valid: 0..{outputs - 1}); {fix}"
                 )
     if stream.kind == "language_modeling":
         for e in stream:

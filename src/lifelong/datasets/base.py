@@ -6,11 +6,12 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from lifelong.errors import DataError
+
+if TYPE_CHECKING:  # annotations only: the registry and `lifelong datasets` must not import torch
+    import torch
 
 
 @dataclass

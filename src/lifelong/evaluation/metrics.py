@@ -4,12 +4,18 @@ on experience i (T experiences).
 - ACC: mean of the last row, mean_j R[T-1][j].
 - BWT (backward transfer): mean over j < T-1 of R[T-1][j] - R[j][j]. Negative for accuracy means forgetting.
 - FWT (forward transfer): mean over j > 0 of R[j-1][j] - b[j], where b[j] is the metric of the model before
-  any training (the reference "trained on nothing"). None when T == 1 or b is unknown.
+  any training (the reference "trained on nothing"). None when T == 1, b is unknown, or the caller says the
+  reference is meaningless (`fwt_meaningful=False`: class-incremental streams, see FWT_CLASS_INCREMENTAL).
 - Forgetting: mean over j < T-1 of (best value of R[i][j] for j <= i < T-1) - R[T-1][j], "best" the maximum
   for accuracy; for perplexity the sign is flipped so that positive always means "forgot".
 - Plasticity: mean of R[i][i], how well each experience is learnt when it is current.
 
 BWT and FWT are raw differences of the metric; for perplexity a positive BWT therefore means worse.
+
+A cell may be None: a run continued with new experiences keeps the rows written before the continuation,
+and those rows have no value for the experiences added later (nor has `initial`). Every figure skips the
+terms that need a missing cell, and is None when no term is left; "nothing to average" for one experience
+stays 0.0 for BWT and forgetting, as before.
 """
 
 from __future__ import annotations
@@ -17,64 +23,110 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+Cell = float | None
+Matrix = Sequence[Sequence[Cell]]
 
-def _mean(values: Sequence[float]) -> float:
-    return sum(values) / len(values)
+# Why FWT says nothing in a class-incremental stream; the learner stores it as summary["fwt_note"].
+FWT_CLASS_INCREMENTAL = (
+    "meaningless in class-incremental: the untrained model and any model trained only on earlier classes "
+    "both score 0 on classes not seen yet, so FWT is 0 by construction"
+)
 
 
-def acc(matrix: Sequence[Sequence[float]]) -> float:
-    return _mean(matrix[-1])
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
 
 
-def bwt(matrix: Sequence[Sequence[float]]) -> float:
+def _cell(matrix: Matrix, i: int, j: int) -> Cell:
+    """R[i][j], or None where the row is too short to hold it (a row written before a continuation)."""
+    row = matrix[i]
+    return row[j] if j < len(row) else None
+
+
+def acc(matrix: Matrix) -> float | None:
+    return _mean([v for v in matrix[-1] if v is not None])
+
+
+def bwt(matrix: Matrix) -> float | None:
     t = len(matrix)
     if t < 2:
         return 0.0
-    return _mean([matrix[-1][j] - matrix[j][j] for j in range(t - 1)])
+    terms = []
+    for j in range(t - 1):
+        last, learnt = _cell(matrix, t - 1, j), _cell(matrix, j, j)
+        if last is not None and learnt is not None:
+            terms.append(last - learnt)
+    return _mean(terms)
 
 
-def fwt(matrix: Sequence[Sequence[float]], initial: Sequence[float] | None) -> float | None:
+def fwt(matrix: Matrix, initial: Sequence[Cell] | None) -> float | None:
     t = len(matrix)
     if t < 2 or initial is None:
         return None
-    return _mean([matrix[j - 1][j] - initial[j] for j in range(1, t)])
+    terms = []
+    for j in range(1, t):
+        before, reference = _cell(matrix, j - 1, j), initial[j] if j < len(initial) else None
+        if before is not None and reference is not None:
+            terms.append(before - reference)
+    return _mean(terms)
 
 
-def forgetting(matrix: Sequence[Sequence[float]], higher_is_better: bool = True) -> float:
+def forgetting(matrix: Matrix, higher_is_better: bool = True) -> float | None:
     t = len(matrix)
     if t < 2:
         return 0.0
     sign = 1.0 if higher_is_better else -1.0
     drops = []
     for j in range(t - 1):
-        earlier = [matrix[i][j] for i in range(j, t - 1)]
+        final = _cell(matrix, t - 1, j)
+        earlier = [v for i in range(j, t - 1) if (v := _cell(matrix, i, j)) is not None]
+        if final is None or not earlier:
+            continue
         best = max(earlier) if higher_is_better else min(earlier)
-        drops.append(sign * (best - matrix[-1][j]))
+        drops.append(sign * (best - final))
     return _mean(drops)
 
 
-def plasticity(matrix: Sequence[Sequence[float]]) -> float:
-    return _mean([matrix[i][i] for i in range(len(matrix))])
+def plasticity(matrix: Matrix) -> float | None:
+    return _mean([v for i in range(len(matrix)) if (v := _cell(matrix, i, i)) is not None])
 
 
 def summary(
-    matrix: Sequence[Sequence[float]], initial: Sequence[float] | None = None, higher_is_better: bool = True
-) -> dict[str, float | None]:
-    """All derived figures of a square matrix, as stored in results.json."""
+    matrix: Matrix,
+    initial: Sequence[Cell] | None = None,
+    higher_is_better: bool = True,
+    fwt_meaningful: bool = True,
+) -> dict[str, Any]:
+    """All derived figures of a square matrix, as stored in results.json.
+
+    Keys: acc, bwt, fwt, forgetting, plasticity (float or None). With `fwt_meaningful=False` (pass it when
+    the experiences hold disjoint classes) "fwt" is None and "fwt_note" says why.
+    """
     if not matrix or any(len(row) != len(matrix) for row in matrix):
-        raise ValueError(f"the matrix must be square and non-empty, got rows of {[len(r) for r in matrix]}")
-    return {
+        raise ValueError(
+            f"the matrix must be square and non-empty, got rows of {[len(r) for r in matrix]}; "
+            "pad the cells a row has no value for with None"
+        )
+    out: dict[str, Any] = {
         "acc": acc(matrix),
         "bwt": bwt(matrix),
-        "fwt": fwt(matrix, initial),
+        "fwt": fwt(matrix, initial) if fwt_meaningful else None,
         "forgetting": forgetting(matrix, higher_is_better),
         "plasticity": plasticity(matrix),
     }
+    if not fwt_meaningful:
+        out["fwt_note"] = FWT_CLASS_INCREMENTAL
+    return out
+
+
+def _mean_of(values: Sequence[Any], upto: int) -> float | None:
+    """Mean of the defined values among the first `upto` (the old experiences' test sets)."""
+    return _mean([float(v) for v in values[:upto] if v is not None])
 
 
 def stability_gap(
     evals: Sequence[dict[str, Any]],
-    matrix: Sequence[Sequence[float]],
+    matrix: Matrix,
     start_steps: Sequence[int],
     higher_is_better: bool = True,
     tolerance: float = 0.01,
@@ -87,6 +139,10 @@ def stability_gap(
     perplexity), `depth` how far it fell (always >= 0 when it got worse), `final` the value when i ended,
     and `steps_to_recover` the optimizer steps from the start of i until the mean came back within
     `tolerance` of `before` after its worst point (None if it never did). Returns None without evaluations.
+
+    Missing (None) values are left out of each mean; a mean with no value left is None, and so are the
+    figures that need it (`depth` and `steps_to_recover` without `before`). An experience none of whose
+    evaluations has a defined value is skipped like one without evaluations.
     """
     if not evals:
         return None
@@ -94,20 +150,24 @@ def stability_gap(
     gaps = []
     for i in range(1, len(matrix)):
         points = [e for e in evals if e["experience"] == i]
-        if not points:
+        curve = [(e["step"], m) for e in points if (m := _mean_of(e["values"], i)) is not None]
+        if not curve:
             continue
-        before = _mean(matrix[i - 1][:i])
-        curve = [(e["step"], _mean(e["values"][:i])) for e in points]
+        before = _mean_of(matrix[i - 1], i)
         worst_step, worst = min(curve, key=lambda p: sign * p[1])
-        recovered = next((s for s, v in curve if s >= worst_step and sign * (before - v) <= tolerance), None)
+        recovered = (
+            None
+            if before is None
+            else next((s for s, v in curve if s >= worst_step and sign * (before - v) <= tolerance), None)
+        )
         gaps.append(
             {
                 "experience": i,
                 "before": before,
                 "min": worst,
                 "min_step": worst_step,
-                "depth": max(0.0, sign * (before - worst)),
-                "final": _mean(matrix[i][:i]),
+                "depth": None if before is None else max(0.0, sign * (before - worst)),
+                "final": _mean_of(matrix[i], i),
                 "steps_to_recover": None if recovered is None else recovered - start_steps[i],
             }
         )

@@ -8,7 +8,11 @@ made again for any run, on any machine, without the code or data that produced i
     write_comparison_report({"Naive": Path("runs/naive"), "Replay": Path("runs/replay")}, "runs/compare")
 
 `R[i][j]` is the metric on experience j's test set after training on experience i. Accuracy is stored as a
-fraction and shown in percent; perplexity is shown as it is (lower is better). Every file is written
+fraction and shown in percent; perplexity is shown as it is (lower is better). results.json counts
+experiences from 0; everything a person reads (tables, axes, legends, headings) counts them from 1. A cell
+stored as null (a row written before the run was continued with new experiences) is shown as "–" and
+drawn grey. For classification the page also shows, when results.json has them, the class names, the
+accuracy of each class after each experience and the confusion matrix after the last. Every file is written
 atomically (a temporary file in the same folder, then `os.replace`), and the HTML page loads nothing from
 outside itself: images are base64 data URIs, the CSS is inline and there is no JavaScript.
 
@@ -35,13 +39,24 @@ import numpy as np
 from lifelong.errors import DataError, StateError
 from lifelong.state import atomic_write_bytes
 
-__all__ = ["plot_matrix", "plot_curves", "plot_comparison", "write_report", "write_comparison_report"]
+__all__ = [
+    "plot_matrix",
+    "plot_curves",
+    "plot_comparison",
+    "plot_confusion",
+    "write_report",
+    "write_comparison_report",
+]
 
 _METRICS = ("accuracy", "perplexity")
 _DPI = 110
 _MAX_ANNOTATED = 16  # beyond this many columns numbers get unreadable (and slow); the HTML table has them
 _NAMED_TICKS = 12  # up to this many experiences the heatmap axes show their names, past it their indices
 _LABEL_CHARS = 28  # experience names longer than this are shortened on plot axes and legends
+_CLASS_CHARS = 18  # class names on the confusion axes: shorter still, there can be ~50 of them
+_CONFUSION_ANNOTATED = 15  # up to this many classes each confusion cell shows its count
+_CONFUSION_TICKS = 60  # up to this many classes every one is named on the confusion axes
+_MISSING = "–"  # a cell with no value (null in results.json), in tables and on heatmaps
 
 
 # --------------------------------------------------------------------------------------------- reading
@@ -111,24 +126,84 @@ def _read_events(run_dir: Path) -> tuple[list[dict[str, Any]], int]:
 
 
 def _matrix(results: Mapping[str, Any]) -> np.ndarray:
+    """The matrix as floats for drawing: a missing (null) cell is NaN, which the heatmap masks grey."""
     return np.array([[math.nan if v is None else float(v) for v in row] for row in results["matrix"]])
 
 
-def _initial(results: Mapping[str, Any], ncols: int) -> np.ndarray | None:
+def _cells(results: Mapping[str, Any]) -> list[list[float | None]]:
+    """The matrix for tables: None stays None ("–", no value), unlike a stored NaN ("nan", a real result)."""
+    return [[None if v is None else float(v) for v in row] for row in results["matrix"]]
+
+
+def _initial(results: Mapping[str, Any], ncols: int) -> list[float | None] | None:
     initial = results.get("initial")
     if not isinstance(initial, list) or len(initial) != ncols:
         return None
     try:
-        return np.array([math.nan if v is None else float(v) for v in initial])
+        return [None if v is None else float(v) for v in initial]
     except (TypeError, ValueError):
         return None
 
 
 def _names(results: Mapping[str, Any], n: int) -> list[str]:
-    """Experience names, falling back to "exp j" for any that are missing."""
+    """Experience labels as people read them, numbered from 1: "1: classes 0, 1", or "exp 1" unnamed.
+
+    Runs written before names lost their number carry a 0-based "j: " prefix; it is dropped so that the
+    page does not show two different numbers for one experience.
+    """
     given = results.get("experience_names")
     given = given if isinstance(given, list) else []
-    return [str(given[j]) if j < len(given) and given[j] is not None else f"exp {j}" for j in range(n)]
+    labels = []
+    for j in range(n):
+        name = str(given[j]) if j < len(given) and given[j] is not None else ""
+        name = name.removeprefix(f"{j}: ").strip()
+        labels.append(f"{j + 1}: {name}" if name else f"exp {j + 1}")
+    return labels
+
+
+def _class_names(results: Mapping[str, Any], k: int) -> list[str]:
+    """Names of classes 0..k-1 from "label_names"; the class index for any that is missing."""
+    given = results.get("label_names")
+    given = given if isinstance(given, list) else []
+    return [str(given[c]) if c < len(given) and given[c] is not None else str(c) for c in range(k)]
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _per_class(results: Mapping[str, Any]) -> tuple[list[list[float | None]] | None, str | None]:
+    """`per_class_accuracy` (experience ends x classes) and, when it is there but malformed, why it is
+    left out. (None, None) for runs that have none: regression and language models, or older runs."""
+    rows = results.get("per_class_accuracy")
+    if rows is None:
+        return None, None
+    if (
+        not isinstance(rows, list)
+        or not rows
+        or not all(isinstance(r, list) and r for r in rows)
+        or len({len(r) for r in rows}) != 1
+        or not all(v is None or _is_number(v) for r in rows for v in r)
+    ):
+        return None, "'per_class_accuracy' is not a list of equally long lists of numbers or null"
+    return [[None if v is None else float(v) for v in r] for r in rows], None
+
+
+def _last_confusion(results: Mapping[str, Any]) -> tuple[np.ndarray | None, str | None]:
+    """The confusion matrix after the last experience (rows true, columns predicted) and, when the key
+    is there but malformed, why it is left out."""
+    confusion = results.get("confusion")
+    if confusion is None:
+        return None, None
+    last = confusion[-1] if isinstance(confusion, list) and confusion else None
+    if (
+        not isinstance(last, list)
+        or not last
+        or not all(isinstance(r, list) and len(r) == len(last) for r in last)
+        or not all(_is_number(v) and v >= 0 for r in last for v in r)
+    ):
+        return None, "'confusion' does not end with a square list of non-negative counts"
+    return np.array(last, dtype=float), None
 
 
 def _short(name: str, limit: int = _LABEL_CHARS) -> str:
@@ -189,8 +264,10 @@ def _nonfinite(v: float | None) -> str | None:
 
 
 def _fmt_cell(v: float | None, metric: str) -> str:
-    """A matrix cell: accuracy in percent, perplexity raw, one decimal."""
-    if v is None or not math.isfinite(v):
+    """A matrix cell: accuracy in percent, perplexity raw, one decimal; "–" where there is no value."""
+    if v is None:
+        return _MISSING
+    if not math.isfinite(v):
         return _nonfinite(v) or "n/a"
     return f"{v * _scale(metric):.1f}"
 
@@ -242,29 +319,57 @@ _SUMMARY_LABELS = {
 }
 
 
+def _label(key: str, metric: str) -> str:
+    """A summary figure's name: "ACC" is an accuracy; for a language model the same mean is a perplexity."""
+    if key == "acc" and metric == "perplexity":
+        return "Mean perplexity"
+    return _SUMMARY_LABELS[key]
+
+
 def _summary_value(key: str, v: Any, metric: str) -> str:
     return _fmt_level(v, metric) if key in ("acc", "plasticity") else _fmt_delta(v, metric)
 
 
+def _fwt_note(summary: Mapping[str, Any]) -> str | None:
+    """Why FWT is n/a, when the run says so (e.g. class-incremental, where it is 0 by construction)."""
+    note = summary.get("fwt_note")
+    return note if summary.get("fwt") is None and isinstance(note, str) and note.strip() else None
+
+
+def _summary_text(key: str, summary: Mapping[str, Any], metric: str) -> str:
+    if key == "fwt" and (note := _fwt_note(summary)) is not None:
+        return f"n/a ({note})"
+    return _summary_value(key, summary.get(key), metric)
+
+
 def _definitions(metric: str) -> dict[str, str]:
+    """What each figure means, in the page's 1-based numbering (experiences 1..T)."""
     acc = metric == "accuracy"
     better = "higher is better" if acc else "lower is better"
     bwt_sign = "negative means forgetting" if acc else "positive means old experiences got worse"
     return {
-        "acc": f"Mean of the last row of R: the final {metric} averaged over every experience's test set "
-        f"({better}).",
-        "bwt": "Mean over j < T−1 of R[T−1][j] − R[j][j]: how later training changed what was already "
+        "acc": f"Mean of the last row of R, R[T][j] over every j: the final {metric} averaged over every "
+        f"experience's test set ({better}).",
+        "bwt": "Mean over j < T of R[T][j] − R[j][j]: how later training changed what was already "
         f"learned ({bwt_sign}).",
-        "fwt": "Mean over j > 0 of R[j−1][j] − initial[j]: what earlier experiences did for an experience "
-        "before training on it, against the untrained model "
+        "fwt": "Forward transfer, the mean over j > 1 of R[j−1][j] − initial[j]: how much training on the "
+        "experiences before j already did for j before it was trained on, against the untrained model "
         + ("(positive helps)." if acc else "(negative helps).")
-        + " Needs `initial`; n/a without it.",
-        "forgetting": "Mean over old experiences of the best earlier value"
+        + " Needs the untrained model's scores (`initial`); n/a without them. In class-incremental streams "
+        "it is n/a too: the untrained model and every model trained only on earlier classes score 0 on "
+        "classes not seen yet, so the difference is 0 by construction.",
+        "forgetting": "Mean over old experiences j < T of the best value of R[i][j] for j ≤ i < T"
         + ("" if acc else " (the lowest perplexity)")
-        + " minus the final one, signed so that positive means forgotten.",
+        + " minus the final R[T][j], signed so that positive means forgotten.",
         "plasticity": f"Mean of the diagonal R[i][i]: how well each experience was learned right after "
         f"training on it ({better}).",
     }
+
+
+_NUMBERING = (
+    "Experiences are numbered 1 to T in order; R[i][j] is the metric on experience j's test set after "
+    "training on experience i. A figure skips the cells that have no value (–)."
+)
 
 
 # -------------------------------------------------------------------------------------------- drawing
@@ -309,12 +414,13 @@ def _hex(rgba: tuple[float, ...]) -> str:
     return "#" + "".join(f"{round(c * 255):02x}" for c in rgba[:3])
 
 
-def _matrix_png(results: Mapping[str, Any], title: str | None = None) -> bytes:
+def _matrix_figure(results: Mapping[str, Any], title: str | None = None) -> Any:
     metric = results["metric"]
     r = _matrix(results)
+    cells = _cells(results)
     shown = r * _scale(metric)
     nrows, ncols = shown.shape
-    names = _names(results, ncols)
+    names = _names(results, max(nrows, ncols))
     cmap, norm, log = _cmap_and_norm(metric, shown)
 
     fig = _figure(min(12.0, max(5.0, 2.8 + 0.7 * ncols)), min(9.5, max(4.0, 1.8 + 0.55 * nrows)))
@@ -331,8 +437,8 @@ def _matrix_png(results: Mapping[str, Any], title: str | None = None) -> bytes:
         for t in ax.get_xticklabels():
             t.set_rotation(35)
             t.set_ha("right")
-    ax.set_xlabel("evaluated on exp j (test set)")
-    ax.set_ylabel("after training on exp i")
+    ax.set_xlabel("evaluated on experience (its test set)")
+    ax.set_ylabel("after training on experience")
     ax.set_title(title or f"{metric} matrix R[i][j]" + (" (%)" if metric == "accuracy" else ""))
 
     # Lay out once without the cell numbers, then freeze the layout: saving draws those many texts once.
@@ -344,27 +450,28 @@ def _matrix_png(results: Mapping[str, Any], title: str | None = None) -> bytes:
         for i in range(nrows):
             for j in range(ncols):
                 v = shown[i, j]
-                text = _fmt_cell(r[i, j], metric)
+                text = _fmt_cell(cells[i][j], metric)
                 if math.isfinite(v) and abs(v) >= 1e4:
                     text = f"{v:.3g}"
                 color = _text_color(tuple(rgba[i, j])) if math.isfinite(v) else "black"
                 weight = "bold" if i == j else "normal"
                 ax.text(j, i, text, ha="center", va="center", fontsize=size, color=color, fontweight=weight)
-    return _png(fig)
+    return fig
 
 
 def _label_axis(axis: Any, names: list[str], n: int) -> None:
-    """Experience names on a heatmap axis while few; past that, every k-th index (names are in the table)."""
+    """Experience labels on a heatmap axis while few; past that, every k-th number from 1 (names are in
+    the table)."""
     if n <= _NAMED_TICKS:
-        axis.set_ticks(range(n), [_short(names[k]) if k < len(names) else f"exp {k}" for k in range(n)])
+        axis.set_ticks(range(n), [_short(names[k]) for k in range(n)])
     else:
         step = math.ceil(n / 20)
-        axis.set_ticks(range(0, n, step), [str(k) for k in range(0, n, step)])
+        axis.set_ticks(range(0, n, step), [str(k + 1) for k in range(0, n, step)])
 
 
-def _curves_png(
+def _curves_figure(
     results: Mapping[str, Any], events: Iterable[Mapping[str, Any]], title: str | None = None
-) -> bytes | None:
+) -> Any | None:
     events = list(events)
     metric = results["metric"]
     ncols = len(results["matrix"][0])
@@ -398,7 +505,7 @@ def _curves_png(
         ax.text(
             start,
             1.0,
-            f" e{k}",
+            f" e{k + 1}",
             transform=ax.get_xaxis_transform(),
             va="bottom",
             ha="left",
@@ -425,8 +532,62 @@ def _curves_png(
         frameon=False,
         ncols=1 if values.shape[1] <= 20 else 2,
     )
-    ax.set_title(title or f"{metric} on each test set during training (dashed: an experience starts)", pad=14)
-    return _png(fig)
+    ax.set_title(
+        title or f"{metric} on each test set during training (dashed: experience e1, e2, ... starts)",
+        pad=14,
+    )
+    return fig
+
+
+def _curves_png(
+    results: Mapping[str, Any], events: Iterable[Mapping[str, Any]], title: str | None = None
+) -> bytes | None:
+    fig = _curves_figure(results, events, title)
+    return None if fig is None else _png(fig)
+
+
+def _confusion_figure(counts: np.ndarray, class_names: list[str], after: int) -> Any:
+    """Heatmap of a confusion matrix (rows true, columns predicted), coloured by the share of each true
+    class so that rare and frequent classes read alike; counts in the cells up to 15 classes."""
+    import matplotlib
+    from matplotlib.colors import Normalize
+
+    k = counts.shape[0]
+    totals = counts.sum(axis=1, keepdims=True)
+    share = np.divide(counts, totals, out=np.full_like(counts, math.nan), where=totals > 0) * 100.0
+    cmap = matplotlib.colormaps["Blues"].with_extremes(bad="#d9d9d9")
+    norm = Normalize(0.0, 100.0)
+
+    side = min(13.0, max(4.5, 2.2 + 0.2 * k))
+    fig = _figure(side + 1.4, side)
+    ax = fig.add_subplot()
+    image = ax.imshow(np.ma.masked_invalid(share), cmap=cmap, norm=norm, interpolation="nearest")
+    fig.colorbar(image, ax=ax, label="share of the true class's test samples (%)", shrink=0.8)
+
+    step = math.ceil(k / _CONFUSION_TICKS)
+    ticks = range(0, k, step)
+    labels = [_short(class_names[c], _CLASS_CHARS) for c in ticks]
+    size = float(np.clip(10 - 0.1 * k, 6, 9))
+    ax.set_xticks(
+        ticks, labels, fontsize=size, rotation=90 if k > 6 else 35, ha="center" if k > 6 else "right"
+    )
+    ax.set_yticks(ticks, labels, fontsize=size)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(f"confusion after experience {after} (test sets of all experiences)")
+
+    fig.get_layout_engine().execute(fig)
+    fig.set_layout_engine(None)
+    if k <= _CONFUSION_ANNOTATED:
+        rgba = cmap(norm(np.ma.masked_invalid(share)))
+        text_size = float(np.clip(11 - 0.3 * k, 6, 10))
+        for i in range(k):
+            for j in range(k):
+                color = _text_color(tuple(rgba[i, j])) if math.isfinite(share[i, j]) else "black"
+                ax.text(
+                    j, i, f"{counts[i, j]:.0f}", ha="center", va="center", fontsize=text_size, color=color
+                )
+    return fig
 
 
 def _palette(n: int) -> list[Any]:
@@ -436,10 +597,10 @@ def _palette(n: int) -> list[Any]:
     return [cmap(i % cmap.N) for i in range(n)]
 
 
-_COMPARED = (("acc", "ACC"), ("forgetting", "Forgetting"), ("bwt", "BWT"))
+_COMPARED = ("acc", "forgetting", "bwt")
 
 
-def _comparison_png(named_results: Mapping[str, Mapping[str, Any]]) -> bytes:
+def _comparison_figure(named_results: Mapping[str, Mapping[str, Any]]) -> Any:
     metric = _common_metric(named_results)
     acc = metric == "accuracy"
     scale = _scale(metric)
@@ -453,7 +614,7 @@ def _comparison_png(named_results: Mapping[str, Mapping[str, Any]]) -> bytes:
 
     fig = _figure(min(16.0, max(9.0, 3.0 + 1.1 * len(runs) * 3)), 4.2)
     axes = fig.subplots(1, len(_COMPARED))
-    for ax, (key, label) in zip(axes, _COMPARED, strict=True):
+    for ax, key in zip(axes, _COMPARED, strict=True):
         raw = [_as_float((named_results[n].get("summary") or {}).get(key)) for n in runs]
         vals = [v * scale if v is not None and math.isfinite(v) else math.nan for v in raw]
         x = np.arange(len(runs))
@@ -478,12 +639,12 @@ def _comparison_png(named_results: Mapping[str, Mapping[str, Any]]) -> bytes:
             ha="right" if len(runs) > 3 else "center",
         )
         unit = (" (%)" if key == "acc" else " (pp)") if acc else ""
-        ax.set_title(f"{label}{unit}\n{hints[key]}", fontsize=10)
+        ax.set_title(f"{_label(key, metric)}{unit}\n{hints[key]}", fontsize=10)
         ax.use_sticky_edges = False  # leave room beyond 0 for the labels of negative bars
         ax.margins(y=0.15)
         ax.grid(True, axis="y", alpha=0.3)
     fig.suptitle(f"Runs compared ({metric})")
-    return _png(fig)
+    return fig
 
 
 def _common_metric(named_results: Mapping[str, Mapping[str, Any]]) -> str:
@@ -506,12 +667,13 @@ def _common_metric(named_results: Mapping[str, Mapping[str, Any]]) -> str:
 def plot_matrix(results: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
     """Heatmap of the matrix R with each cell's value; returns the PNG's path.
 
-    Rows: after training on exp i; columns: evaluated on exp j. Accuracy in percent on a fixed 0-100 scale,
-    perplexity raw with a reversed colormap (bright is good in both), log-scaled when it spans a wide range.
+    Rows: after training on experience i; columns: evaluated on experience j (numbered from 1). Accuracy
+    in percent on a fixed 0-100 scale, perplexity raw with a reversed colormap (bright is good in both),
+    log-scaled when it spans a wide range. Cells without a value are grey and marked "–".
     """
     _check_results(results, "results")
     path = Path(path)
-    atomic_write_bytes(path, _matrix_png(results))
+    atomic_write_bytes(path, _png(_matrix_figure(results)))
     return path
 
 
@@ -531,13 +693,27 @@ def plot_curves(
     return path
 
 
+def plot_confusion(results: Mapping[str, Any], path: str | os.PathLike[str]) -> Path | None:
+    """Heatmap of the confusion matrix after the last experience, class names on the axes; returns the
+    PNG's path, or None (writing nothing) when results.json has no usable "confusion"."""
+    _check_results(results, "results")
+    counts, _ = _last_confusion(results)
+    if counts is None:
+        return None
+    path = Path(path)
+    fig = _confusion_figure(counts, _class_names(results, counts.shape[0]), len(results["confusion"]))
+    atomic_write_bytes(path, _png(fig))
+    return path
+
+
 def plot_comparison(named_results: Mapping[str, Mapping[str, Any]], path: str | os.PathLike[str]) -> Path:
-    """Bars of ACC, forgetting and BWT for several runs (e.g. Naive, Replay, Joint); returns the PNG's path.
+    """Bars of ACC (mean perplexity for language models), forgetting and BWT for several runs (e.g. Naive,
+    Replay, Joint); returns the PNG's path.
 
     All runs must share one metric (DataError otherwise). A figure a run does not have is drawn as "n/a".
     """
     path = Path(path)
-    atomic_write_bytes(path, _comparison_png(named_results))
+    atomic_write_bytes(path, _png(_comparison_figure(named_results)))
     return path
 
 
@@ -553,6 +729,7 @@ table{border-collapse:collapse;margin:.6rem 0;font-size:.9rem}
 th,td{border:1px solid #d0d0d0;padding:.3rem .55rem;text-align:left;vertical-align:top}
 th{background:#f3f3f5}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 td.diag{font-weight:bold;outline:2px solid #333;outline-offset:-2px}tr.initial td{font-style:italic}
+td.missing{background:#eeeeee;color:#777;text-align:center}td.wrap{white-space:normal}
 .meta td:first-child{font-weight:600;background:#f8f8fa}.note{color:#555;font-size:.88rem}
 img{max-width:100%;height:auto;display:block;margin:.6rem 0}
 pre{background:#f6f8fa;padding:.8rem;overflow:auto;font-size:.85rem;border:1px solid #e1e4e8}
@@ -606,8 +783,9 @@ def _summary_table(results: Mapping[str, Any]) -> str:
     rows = ["<table>", "<tr><th>Figure</th><th>Value</th><th>Definition</th></tr>"]
     for key in _SUMMARY_KEYS:
         v = summary.get(key)
+        wrap = "wrap" if key == "fwt" and _fwt_note(summary) is not None else ""
         rows.append(
-            f"<tr><td>{_e(_SUMMARY_LABELS[key])}</td>{_num_td(_summary_value(key, v, metric), v)}"
+            f"<tr><td>{_e(_label(key, metric))}</td>{_num_td(_summary_text(key, summary, metric), v, wrap)}"
             f"<td>{_e(defs[key])}</td></tr>"
         )
     rows.append("</table>")
@@ -616,46 +794,97 @@ def _summary_table(results: Mapping[str, Any]) -> str:
         if metric == "accuracy"
         else "Perplexity values are raw; lower is better."
     )
-    rows.append(f'<p class="note">{_e(unit)}</p>')
+    rows.append(f'<p class="note">{_e(unit)} {_e(_NUMBERING)}</p>')
     return "\n".join(rows)
 
 
 def _matrix_table(results: Mapping[str, Any]) -> str:
     metric = results["metric"]
     r = _matrix(results)
+    cells = _cells(results)
     nrows, ncols = r.shape
-    names = _names(results, ncols)
+    names = _names(results, max(nrows, ncols))
     initial = _initial(results, ncols)
     cmap, norm, _ = _cmap_and_norm(metric, r * _scale(metric))
     colors = cmap(norm(np.ma.masked_invalid(r * _scale(metric))))  # the heatmap's colours, in one call
 
     def cell(i: int, j: int) -> str:
-        v, style = r[i, j], ""
+        v, style = cells[i][j], ""
+        if v is None:
+            return _num_td(_MISSING, "no value", "missing diag" if i == j else "missing")
         if math.isfinite(v):
             rgba = tuple(colors[i, j])
             style = f"background:{_hex(rgba)};color:{_text_color(rgba)}"
-        return _num_td(_fmt_cell(v, metric), repr(float(v)), "diag" if i == j else "", style)
+        return _num_td(_fmt_cell(v, metric), repr(v), "diag" if i == j else "", style)
 
     out = [
         '<div class="scroll"><table>',
         "<tr><th>after training on ↓ / evaluated on →</th>"
-        + "".join(f"<th>{_e(n)}</th>" for n in names)
+        + "".join(f"<th>{_e(names[j])}</th>" for j in range(ncols))
         + "</tr>",
     ]
     if initial is not None:
         out.append(
             '<tr class="initial"><th>untrained model</th>'
-            + "".join(_num_td(_fmt_cell(v, metric), repr(float(v))) for v in initial)
+            + "".join(
+                _num_td(_MISSING, "no value", "missing")
+                if v is None
+                else _num_td(_fmt_cell(v, metric), repr(v))
+                for v in initial
+            )
             + "</tr>"
         )
     for i in range(nrows):
-        label = names[i] if i < ncols else f"exp {i}"
-        out.append(f"<tr><th>{_e(label)}</th>" + "".join(cell(i, j) for j in range(ncols)) + "</tr>")
+        out.append(f"<tr><th>{_e(names[i])}</th>" + "".join(cell(i, j) for j in range(ncols)) + "</tr>")
     out.append("</table></div>")
     unit = "percent" if metric == "accuracy" else "perplexity, lower is better"
+    missing = (
+        f" {_MISSING}: no value (a row written before the run was continued with new experiences)."
+        if any(v is None for row in cells for v in row) or (initial is not None and None in initial)
+        else ""
+    )
     out.append(
         f'<p class="note">R[i][j] in {_e(unit)}; the diagonal (outlined) is each experience right '
-        "after training on it. Hover a cell for the exact value.</p>"
+        f"after training on it. Hover a cell for the exact value.{_e(missing)}</p>"
+    )
+    return "\n".join(out)
+
+
+def _per_class_table(results: Mapping[str, Any]) -> str | None:
+    """Accuracy of each class (rows, with its name) after each experience (columns), or None without it."""
+    rows, problem = _per_class(results)
+    if problem is not None:
+        return f'<p class="note">{_e(problem)} in results.json; the per-class table is left out.</p>'
+    if rows is None:
+        return None
+    k = len(rows[0])
+    names = _class_names(results, k)
+    shown = np.array([[math.nan if v is None else v * 100.0 for v in row] for row in rows])
+    cmap, norm, _ = _cmap_and_norm("accuracy", shown)
+    colors = cmap(norm(np.ma.masked_invalid(shown)))
+
+    def cell(i: int, c: int) -> str:
+        v = rows[i][c]
+        if v is None:
+            return _num_td(_MISSING, "no test sample of this class", "missing")
+        rgba = tuple(colors[i, c])
+        style = f"background:{_hex(rgba)};color:{_text_color(rgba)}" if math.isfinite(v) else ""
+        return _num_td(_fmt_cell(v, "accuracy"), repr(v), "", style)
+
+    out = [
+        '<div class="scroll"><table>',
+        "<tr><th>class</th>"
+        + "".join(f"<th>after experience {i + 1}</th>" for i in range(len(rows)))
+        + "</tr>",
+    ]
+    for c in range(k):
+        label = names[c] if names[c] == str(c) else f"{names[c]} ({c})"
+        out.append(f"<tr><th>{_e(label)}</th>" + "".join(cell(i, c) for i in range(len(rows))) + "</tr>")
+    out.append("</table></div>")
+    out.append(
+        '<p class="note">Accuracy (percent) on the test samples of each class, over the test sets of all '
+        "experiences together, after each experience ended; the class index is in brackets. "
+        f"{_e(_MISSING)}: no test sample of that class.</p>"
     )
     return "\n".join(out)
 
@@ -665,7 +894,7 @@ def _gap_table(results: Mapping[str, Any]) -> str | None:
     if not isinstance(gaps, list) or not gaps:
         return None
     metric = results["metric"]
-    names = _names(results, max(len(results["matrix"][0]), len(gaps)))
+    names = _names(results, max(len(results["matrix"][0]), len(gaps) + 1))
     worst = "min" if metric == "accuracy" else "worst (max)"
     head = ["new experience", "before", worst, "at step", "depth", "final", "steps to recover"]
     out = ["<table>", "<tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>"]
@@ -708,6 +937,14 @@ def _meta_table(rows: list[tuple[str, Any]]) -> str:
     )
 
 
+def _classes_line(results: Mapping[str, Any]) -> str | None:
+    """ "10: T-shirt, Trouser, ..." from "label_names", or None when the run has none."""
+    names = results.get("label_names")
+    if not isinstance(names, list) or not names:
+        return None
+    return f"{len(names)}: " + ", ".join(str(n) for n in names)
+
+
 def _config_json(config: Any) -> str:
     return json.dumps(config, indent=2, sort_keys=True, default=str, ensure_ascii=False)
 
@@ -716,10 +953,11 @@ def _config_json(config: Any) -> str:
 
 
 def write_report(run_dir: str | os.PathLike[str]) -> Path:
-    """Write `run_dir/report.html` and `run_dir/plots/{matrix,curves}.png` from the run's files.
+    """Write `run_dir/report.html` and `run_dir/plots/{matrix,curves,confusion}.png` from the run's files.
 
-    `curves.png` is drawn only when `events.jsonl` holds eval events. Raises StateError when
-    `results.json` is missing (the run has not finished) or damaged. Returns the HTML page's path.
+    `curves.png` is drawn only when `events.jsonl` holds eval events, `confusion.png` only when
+    results.json has a confusion matrix. Raises StateError when `results.json` is missing (the run has
+    not finished) or damaged. Returns the HTML page's path.
     """
     run_dir = Path(run_dir)
     results = _load_results(run_dir)
@@ -728,33 +966,57 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
     method = str(results.get("method", "unknown method"))
     nrows, ncols = len(results["matrix"]), len(results["matrix"][0])
 
-    matrix_png = _matrix_png(results)
+    matrix_png = _png(_matrix_figure(results))
     atomic_write_bytes(run_dir / "plots" / "matrix.png", matrix_png)
     curves_png = _curves_png(results, events)
     if curves_png is not None:
         atomic_write_bytes(run_dir / "plots" / "curves.png", curves_png)
+    counts, confusion_problem = _last_confusion(results)
+    confusion_png = None
+    if counts is not None:
+        after = len(results["confusion"])
+        confusion_png = _png(_confusion_figure(counts, _class_names(results, counts.shape[0]), after))
+        atomic_write_bytes(run_dir / "plots" / "confusion.png", confusion_png)
+
+    meta: list[tuple[str, Any]] = [
+        ("method", method),
+        ("metric", f"{metric} ({'higher' if metric == 'accuracy' else 'lower'} is better)"),
+        ("experiences", f"{nrows} trained, {ncols} test sets"),
+    ]
+    if (classes := _classes_line(results)) is not None:
+        meta.append(("classes", classes))
+    meta += [
+        ("seed", results.get("seed", "n/a")),
+        ("wall time", _fmt_seconds(results.get("wall_seconds"))),
+        ("lifelong version", results.get("lifelong_version", "n/a")),
+    ]
 
     title = f"lifelong report: {method}"
     body = [
         f"<h1>{_e(title)}</h1>",
         f'<p class="note">{_e(metric)} ({"higher" if metric == "accuracy" else "lower"} is better) '
         f"over {ncols} experiences; run directory {_e(run_dir.resolve())}</p>",
-        _meta_table(
-            [
-                ("method", method),
-                ("metric", metric),
-                ("experiences", f"{nrows} trained, {ncols} test sets"),
-                ("seed", results.get("seed", "n/a")),
-                ("wall time", _fmt_seconds(results.get("wall_seconds"))),
-                ("lifelong version", results.get("lifelong_version", "n/a")),
-            ]
-        ),
+        _meta_table(meta),
         "<h2>Summary</h2>",
         _summary_table(results),
         "<h2>Matrix</h2>",
         _matrix_table(results),
         _img(matrix_png, f"{metric} matrix heatmap"),
     ]
+    per_class = _per_class_table(results)
+    if per_class is not None:
+        body += ["<h2>Per-class accuracy</h2>", per_class]
+    if confusion_png is not None:
+        body += [
+            "<h2>Confusion matrix</h2>",
+            _img(confusion_png, f"confusion matrix after experience {len(results['confusion'])}"),
+            '<p class="note">Rows: the true class; columns: the predicted class, over the test sets of all '
+            "experiences after the last one. The colour is the share of the true class's test samples "
+            f"(each row adds up to 100 %); counts are written in the cells up to {_CONFUSION_ANNOTATED} "
+            "classes.</p>",
+        ]
+    elif confusion_problem is not None:
+        body.append(f'<p class="note">{_e(confusion_problem)} in results.json; no confusion plot.</p>')
     gap = _gap_table(results)
     if gap is not None:
         body += ["<h2>Stability gap</h2>", gap]
@@ -783,9 +1045,11 @@ def write_comparison_report(
 ) -> Path:
     """One page comparing several finished runs: `out_dir/report.html` and `out_dir/comparison.png`.
 
-    The page has a summary table (one row per run), the comparison bars, and each run's matrix heatmap
-    (plus its training curves when it has eval events). Raises StateError for a run without results and
-    DataError when the runs use different metrics. Returns the HTML page's path.
+    The runs may use different methods and different numbers of experiences (the page says when the
+    latter makes their figures average over different test sets). The page has a summary table (one row
+    per run), the comparison bars, and each run's matrix heatmap (plus its training curves when it has eval
+    events). Raises StateError for a run without results and DataError when the runs use different
+    metrics, before writing anything. Returns the HTML page's path.
     """
     if not named_run_dirs:
         raise DataError("nothing to compare: pass at least one run directory.")
@@ -793,24 +1057,40 @@ def write_comparison_report(
     named_results = {name: _load_results(Path(d)) for name, d in named_run_dirs.items()}
     metric = _common_metric(named_results)
 
-    comparison_png = _comparison_png(named_results)
+    comparison_png = _png(_comparison_figure(named_results))
     atomic_write_bytes(out_dir / "comparison.png", comparison_png)
 
-    head = ["run", "method", *(_SUMMARY_LABELS[k] for k in _SUMMARY_KEYS), "experiences", "seed", "wall time"]
+    head = ["run", "method", *(_label(k, metric) for k in _SUMMARY_KEYS), "experiences", "seed", "wall time"]
     table = ["<table>", "<tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>"]
+    fwt_notes: dict[str, str] = {}
     for name, results in named_results.items():
         summary: Mapping[str, Any] = results["summary"] if isinstance(results.get("summary"), Mapping) else {}
+        if (note := _fwt_note(summary)) is not None:
+            fwt_notes[name] = note
+        cells = [
+            _num_td("n/a (see below)", note)
+            if k == "fwt" and note is not None
+            else _num_td(_summary_value(k, summary.get(k), metric), summary.get(k))
+            for k in _SUMMARY_KEYS
+        ]
         table.append(
             f"<tr><td>{_e(name)}</td><td>{_e(results.get('method', 'n/a'))}</td>"
-            + "".join(
-                _num_td(_summary_value(k, summary.get(k), metric), summary.get(k)) for k in _SUMMARY_KEYS
-            )
+            + "".join(cells)
             + _num_td(str(len(results["matrix"])))
             + _num_td(str(results.get("seed", "n/a")))
             + _num_td(_fmt_seconds(results.get("wall_seconds")))
             + "</tr>"
         )
     table.append("</table>")
+
+    notes = [f"FWT of {name}: n/a ({note})." for name, note in fwt_notes.items()]
+    lengths = {name: len(results["matrix"][0]) for name, results in named_results.items()}
+    if len(set(lengths.values())) > 1:
+        listed = ", ".join(f"{n}: {t}" for n, t in lengths.items())
+        notes.append(
+            f"The runs have different numbers of experiences ({listed}): each figure averages over its own "
+            "run's test sets, so read the differences with that in mind."
+        )
 
     title = f"lifelong comparison: {', '.join(named_results)}"
     defs = _definitions(metric)
@@ -820,17 +1100,19 @@ def write_comparison_report(
         f"{len(named_results)} runs.</p>",
         "<h2>Summary</h2>",
         "\n".join(table),
+        *(f'<p class="note">{_e(n)}</p>' for n in notes),
         '<ul class="note">'
-        + "".join(f"<li><b>{_e(_SUMMARY_LABELS[k])}</b>: {_e(defs[k])}</li>" for k in _SUMMARY_KEYS)
-        + "</ul>",
-        _img(comparison_png, "ACC, forgetting and BWT of each run"),
+        + "".join(f"<li><b>{_e(_label(k, metric))}</b>: {_e(defs[k])}</li>" for k in _SUMMARY_KEYS)
+        + f"<li>{_e(_NUMBERING)}</li></ul>",
+        _img(comparison_png, ", ".join(_label(k, metric) for k in _COMPARED) + " of each run"),
     ]
     for name, results in named_results.items():
         run_dir = Path(named_run_dirs[name])
         body += [
             f"<h2>{_e(name)}</h2>",
-            f'<p class="note">{_e(results.get("method", "n/a"))}; run directory {_e(run_dir.resolve())}</p>',
-            _img(_matrix_png(results, f"{name}: {metric} matrix R[i][j]"), f"{name} matrix heatmap"),
+            f'<p class="note">{_e(results.get("method", "n/a"))}, {len(results["matrix"])} experiences; '
+            f"run directory {_e(run_dir.resolve())}</p>",
+            _img(_png(_matrix_figure(results, f"{name}: {metric} matrix R[i][j]")), f"{name} matrix heatmap"),
         ]
         events, _ = _read_events(run_dir)
         curves = _curves_png(results, events, f"{name}: {metric} on each test set during training")

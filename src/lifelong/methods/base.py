@@ -140,8 +140,21 @@ def check_composition(methods: Sequence[Method | type[Method]]) -> None:
                     "run it on its own"
                 )
     if len(set(names)) != len(names):
-        twice = sorted({n for n in names if names.count(n) > 1})
-        raise ConfigError(f"method {twice[0]!r} is given twice; give each method once")
+        twice = sorted({n for n in names if names.count(n) > 1})[0]
+        named = list(dict.fromkeys(c for c in classes if c.name == twice))  # distinct classes, in order
+        if len(named) == 1:
+            raise ConfigError(f"method {twice!r} is given twice; give each method once")
+        # different classes under one name: custom methods that kept a name they inherited
+        both = " and ".join(_qualified(c) for c in named)
+        problem = (
+            f"two methods have the default name {twice!r} ({both})"
+            if twice == Method.name
+            else f"methods {both} share the name {twice!r}"
+        )
+        raise ConfigError(
+            f"{problem}, and a run tells methods apart by name; set a class attribute "
+            f'`name = "..."` on each custom Method subclass'
+        )
     claims = [
         (lambda c: c.rehearsal, "both feed stored samples into training", "keep one memory-based method"),
         (lambda c: overrides(c, "main_loss"), "both replace the main loss", "keep one of them"),
@@ -152,3 +165,10 @@ def check_composition(methods: Sequence[Method | type[Method]]) -> None:
         holders = [c.name for c in classes if claims_it(c)]
         if len(holders) > 1:
             raise ConfigError(f"methods {holders[0]!r} and {holders[1]!r} {problem}; {fix}")
+
+
+def _qualified(cls: type) -> str:
+    """`module.Class`, or the bare class name for a built-in method (they live in lifelong.methods)."""
+    if cls.__module__.startswith("lifelong.methods."):
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"

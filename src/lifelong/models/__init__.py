@@ -7,6 +7,7 @@ from typing import Any
 from torch import nn
 
 from lifelong.errors import ConfigError
+from lifelong.imports import MODEL_PROVIDED, accepts, check_options, is_import_path, model_class
 from lifelong.models.cnn import CNN
 from lifelong.models.gpt import TinyGPT
 from lifelong.models.mlp import MLP
@@ -18,7 +19,16 @@ MODEL_NAMES = ("mlp", "cnn", "gpt")
 
 
 def build_model(name: str, stream: Stream, **options: Any) -> nn.Module:
-    """A model sized for `stream` (its input shape and number of classes or vocabulary size)."""
+    """A model sized for `stream` (its input shape and number of classes or vocabulary size).
+
+    `name` is a built-in model or the import path of your own class (`"mypkg.models:MyNet"`), which is
+    built as `Cls(input_shape=stream.input_shape, num_classes=stream.num_classes, **options)`, passing each
+    of `input_shape` and `num_classes` only if the constructor has a parameter of that name."""
+    if is_import_path(name):
+        cls = model_class(name)
+        check_options(cls, options, "model", name, provided=MODEL_PROVIDED)
+        sizes = {"input_shape": tuple(stream.input_shape), "num_classes": stream.num_classes}
+        return cls(**{k: v for k, v in sizes.items() if accepts(cls, k)}, **options)
     if stream.kind == "language_modeling" and name != "gpt":
         raise ConfigError(f"model {name!r} cannot model language; use model 'gpt' for a text stream")
     if stream.kind == "classification" and name == "gpt":
@@ -34,7 +44,10 @@ def build_model(name: str, stream: Stream, **options: Any) -> nn.Module:
         return CNN(stream.input_shape, stream.num_classes, **options)
     if name == "gpt":
         return TinyGPT(stream.num_classes, block_size=stream.input_shape[0], **options)
-    raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    raise ConfigError(
+        f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}, or name your own nn.Module class "
+        "by import path ('package.module:Class')"
+    )
 
 
 def features_and_head(model: nn.Module, method: str) -> tuple[nn.Module, nn.Linear]:

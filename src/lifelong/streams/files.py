@@ -1,4 +1,5 @@
-"""A user stream from files in time order: one file (or folder of files) per experience.
+"""A user stream from files in time order: one file (or folder of files) per experience, or one table cut
+into experiences by a time column.
 
 Example:
     >>> import tempfile, pathlib, numpy as np
@@ -16,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
@@ -26,7 +27,11 @@ import numpy as np
 import torch
 
 from lifelong.errors import DataError
+from lifelong.streams.columns import warn_ignored, warn_index_like
 from lifelong.streams.experience import Experience, Split, Stream
+from lifelong.streams.normalize import NORMALIZE, checked, fit_standard, standardize
+from lifelong.streams.tables import LAYOUTS, Part, Reader, Roles, Table
+from lifelong.streams.timesplit import check_split_by, moment, split_by_time
 
 FORMATS = ("csv", "parquet", "jsonl", "npz", "hf")
 _EXTENSIONS = {
@@ -48,35 +53,67 @@ PathArg = str | PathLike[str]
 
 
 @dataclass
-class _Part:
-    path: Path
-    fmt: str
-    label: str  # how messages name it: the path relative to the stream folder
-
-
-@dataclass
 class _Entry:
     domain: str
-    parts: list[_Part] = field(default_factory=list)  # split automatically
-    train: list[_Part] = field(default_factory=list)  # or given as train/test files
-    test: list[_Part] = field(default_factory=list)
+    parts: list[Part] = field(default_factory=list)  # split automatically
+    train: list[Part] = field(default_factory=list)  # or given as train/test files
+    test: list[Part] = field(default_factory=list)
 
 
 @dataclass
-class _Table:
-    x: np.ndarray  # float32 [N, ...]
-    y: np.ndarray  # raw labels: int64 or str
-    t: np.ndarray | None  # raw task labels
-    label: str
+class _Codes:
+    """Raw labels to classes: the raw value `values[i]` (sorted) is class `classes[i]`."""
+
+    values: np.ndarray
+    classes: np.ndarray
+
+    def __call__(self, raw: np.ndarray) -> np.ndarray:
+        if self.values.dtype.kind == "U":
+            raw = raw.astype(str)
+        return self.classes[np.searchsorted(self.values, raw)]
 
 
 @dataclass
-class _Reference:
-    """Features of the first file read: every later file must match it."""
+class _Rows:
+    """Rows of one or more tables, labels encoded, on their way to a Split."""
 
-    label: str
-    names: list[str] | None  # None for NPZ
-    shape: tuple[int, ...]
+    x: np.ndarray
+    y: np.ndarray  # int64 classes
+    t: np.ndarray | None
+    ids: np.ndarray | None
+    time: np.ndarray | None
+    source: np.ndarray  # which table each row came from
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def take(self, index: np.ndarray) -> _Rows:
+        def pick(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else a[index]
+
+        return _Rows(
+            self.x[index], self.y[index], pick(self.t), pick(self.ids), pick(self.time), self.source[index]
+        )
+
+    def by_time(self) -> _Rows:
+        """The rows in time order (a stable sort: rows of the same time keep their file order)."""
+        return self if self.time is None else self.take(np.argsort(self.time, kind="stable"))
+
+    def split(self) -> Split:
+        t = None if self.t is None else torch.from_numpy(self.t)
+        return Split(torch.from_numpy(np.ascontiguousarray(self.x)), torch.from_numpy(self.y), t)
+
+
+@dataclass
+class _Group:
+    """The rows of one experience: `whole` to split with test_fraction, or given `train` and `test`."""
+
+    domain: str
+    files: list[str]
+    whole: _Rows | None = None
+    train: _Rows | None = None
+    test: _Rows | None = None
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 def from_files(
@@ -87,6 +124,15 @@ def from_files(
     seed: int = 0,
     feature_columns: Sequence[str] | None = None,
     task_column: str | None = None,
+    *,
+    exclude_columns: Sequence[str] | None = None,
+    id_column: str | None = None,
+    time_column: str | None = None,
+    split_by: str | int | None = None,
+    normalize: str = "none",
+    layout: str = "auto",
+    label_names: Sequence[Any] | None = None,
+    normalizer: Mapping[str, Sequence[float]] | None = None,
 ) -> Stream:
     """Build a classification stream from files, one experience per file or sub-folder, in time order.
 
@@ -96,11 +142,32 @@ def from_files(
     `train.*` and `test.*` gives the splits; anything else is split with `test_fraction` and `seed`
     (stratified by label, rows keep their file order). Hidden entries (`.x`, `_x`) are skipped.
 
-    Tables: features are `feature_columns`, or every numeric column except the label and task columns
-    (non-numeric ones are skipped and listed in `stream.info["ignored_columns"]`). NPZ files hold arrays
-    `x` [N, ...] and `y` [N] (and the `task_column` array when given). Labels that are not already
-    0..K-1 (strings, sparse integers) are mapped to 0..K-1 in sorted order over all files;
-    `stream.info["label_names"][k]` is the original label of class k.
+    Tables: features are `feature_columns`, or every numeric column except the label, task, id and time
+    columns and `exclude_columns`. Other columns are left out, and `stream.info["columns"]` says why
+    (`{"features": [...], "ignored": {column: reason}, "id": ..., "label": ..., "task": ..., "time": ...}`);
+    one warning lists the non-numeric ones (dates, decimal commas, text), another the feature columns that
+    look like row numbers or ids. `id_column` holds sample ids, kept per experience in
+    `experience.info["ids"] = {"train": [...], "test": [...]}` (str, in the rows' order).
+
+    `time_column` orders the rows of each experience by time (parsed with pandas.to_datetime; numbers are
+    ordered as numbers). With `split_by` the rows of all files are pooled, sorted by time and cut into
+    experiences: one per `year`, `quarter`, `month`, `week` or `day` (named like `2024-03`, `2024-W09`), or
+    `split_by=N` consecutive chunks of equal size.
+
+    `normalize="standard"` scales every feature by the mean and standard deviation of the first
+    experience's training split (kept in `stream.info["normalizer"]`); `normalizer={"mean", "std"}` applies
+    given statistics instead of fitting them.
+
+    NPZ files hold arrays `x` [N, ...] and `y` [N] (and arrays named by `task_column`, `id_column`,
+    `time_column`). `layout` says how image arrays are laid out: `channels_last` ([N, H, W, C], transposed
+    to [N, C, H, W]), `channels_first` (kept as they are), or `auto`: [N, H, W, C] with C in 1, 3, 4 and
+    H, W > 4 is taken as channels-last (with a warning); in both other than `channels_first`, [N, H, W]
+    becomes [N, 1, H, W].
+
+    Labels that are not already 0..K-1 (strings, sparse integers) are mapped to 0..K-1 in sorted order over
+    all files; `stream.info["label_names"][k]` is the original label of class k. Given `label_names`, class
+    k is `label_names[k]` and a label outside them is refused (a run's model has outputs for those only).
+    Negative labels are refused: -1 often marks unlabeled rows.
 
     Example:
         >>> import tempfile, pathlib
@@ -115,15 +182,22 @@ def from_files(
         raise DataError(f"format {format!r} is not supported; use one of {', '.join(FORMATS)} or None")
     if not 0.0 < test_fraction < 1.0:
         raise DataError(f"test_fraction must be between 0 and 1 (exclusive), got {test_fraction}")
-    if feature_columns is not None:
-        feature_columns = [str(c) for c in feature_columns]
-        clash = [c for c in feature_columns if c in (label_column, task_column)]
-        if clash:
-            raise DataError(f"feature_columns include the label/task column {clash}; remove it")
+    if normalize not in NORMALIZE:
+        raise DataError(f"normalize {normalize!r} is unknown; use one of {', '.join(NORMALIZE)}")
+    if layout not in LAYOUTS:
+        raise DataError(f"layout {layout!r} is unknown; use one of {', '.join(LAYOUTS)}")
+    roles = _roles(label_column, feature_columns, task_column, exclude_columns, id_column, time_column)
+    check_split_by(split_by, time_column)
 
     name, entries = _resolve(path, format)
-    reader = _Reader(label_column, feature_columns, task_column)
-    tables: list[tuple[_Entry, list[_Table], list[_Table], list[_Table]]] = []
+    if split_by is not None and any(e.train for e in entries):
+        given = next(e.domain for e in entries if e.train)
+        raise DataError(
+            f"{given!r} gives train/test files, but split_by cuts experiences by time from whole tables; "
+            "give files without train/test splits, or leave split_by out"
+        )
+    reader = Reader(roles, layout)
+    tables: list[tuple[_Entry, list[Table], list[Table], list[Table]]] = []
     for entry in entries:
         tables.append(
             (
@@ -140,61 +214,207 @@ def from_files(
     if task_column is not None and any(t.t.dtype.kind == "U" for t in every):  # type: ignore[union-attr]
         for t in every:
             t.t = t.t.astype(str)  # type: ignore[union-attr]
-    label_names, y_map = _encode(np.concatenate([t.y for t in every]))
-    task_names, t_map = (None, None)
+    names, y_codes = _label_codes(np.concatenate([t.y for t in every]), label_names)
+    task_names, t_codes = (None, None)
     if task_column is not None:
-        task_names, t_map = _encode(np.concatenate([t.t for t in every]), keep_any_int=True)  # type: ignore[misc]
+        task_names, t_codes = _encode(np.concatenate([t.t for t in every]), keep_any_int=True)  # type: ignore[misc]
 
-    experiences = []
-    for i, (entry, parts, train_parts, test_parts) in enumerate(tables):
-        if parts:
-            whole = _concat(parts, y_map, t_map)
-            if len(whole) < 2:
-                raise DataError(
-                    f"{entry.domain!r} has {len(whole)} row; it needs at least 2 to split into train and "
-                    "test (add rows, or give train.* and test.* files)"
-                )
-            rng = np.random.default_rng([seed, zlib.crc32(entry.domain.encode())])
-            train_idx, test_idx = _stratified_split(whole.y.numpy(), test_fraction, rng)
-            train = whole.subset(torch.from_numpy(train_idx))
-            test = whole.subset(torch.from_numpy(test_idx))
-            files = [p.label for p in parts]
-        else:
-            train = _concat(train_parts, y_map, t_map)
-            test = _concat(test_parts, y_map, t_map)
-            files = [p.label for p in train_parts + test_parts]
-        task = None
-        if train.t is not None and int(train.t.min()) == int(train.t.max()):
-            task = int(train.t[0])
-        experiences.append(
-            Experience(
-                id=i,
-                train=train,
-                test=test,
-                classes=torch.bincount(train.y).nonzero().flatten().tolist(),  # O(N), unlike unique
-                task=task,
-                domain=entry.domain,
-                info={"files": files},
-            )
-        )
+    if split_by is not None:
+        pooled = [t for _, parts, _, _ in tables for t in parts]
+        groups = _time_groups(pooled, y_codes, t_codes, split_by, name)
+    else:
+        groups = _file_groups(tables, y_codes, t_codes)
+    divided = [_divide(g, test_fraction, seed, split_by) for g in groups]
 
     ref = reader.reference
     assert ref is not None
+    stats = None
+    if normalizer is not None or normalize == "standard":
+        n_features = int(np.prod(ref.shape))
+        stats = checked(normalizer, n_features) if normalizer is not None else fit_standard(divided[0][0].x)
+        for rows in (r for pair in divided for r in pair):
+            rows.x = standardize(rows.x, stats)
+    experiences = [_experience(i, g, *pair) for i, (g, pair) in enumerate(zip(groups, divided, strict=True))]
+
     info: dict[str, Any] = {
         "source": str(path) if isinstance(path, str | PathLike) else [str(p) for p in path],
-        "label_names": label_names,
+        "label_names": names,
         "feature_names": ref.names,
+        "columns": {
+            "features": ref.names,
+            "ignored": dict(reader.reasons),
+            "id": id_column,
+            "label": label_column if ref.names is not None else "y",
+            "task": task_column,
+            "time": time_column,
+        },
     }
     if reader.ignored:
         info["ignored_columns"] = sorted(reader.ignored)
     if task_names is not None:
         info["task_names"] = task_names
+    if stats is not None:
+        info["normalizer"] = stats
+    if reader.layout is not None:
+        info["layout"] = reader.layout
+    warn_ignored(reader.reasons)
+    warn_index_like(reader.index_like)
+    reader.warn_detected_layout()
     return Stream(
         name=name,
         experiences=experiences,
         kind="classification",
-        num_classes=len(label_names),
+        num_classes=len(names),
         input_shape=ref.shape,
+        info=info,
+    )
+
+
+def _roles(
+    label: str,
+    features: Sequence[str] | None,
+    task: str | None,
+    exclude: Sequence[str] | None,
+    id_column: str | None,
+    time: str | None,
+) -> Roles:
+    """The column roles, or a DataError when one column is given two parts."""
+    for arg, value in (("feature_columns", features), ("exclude_columns", exclude)):
+        if isinstance(value, str):
+            raise DataError(f"{arg} must be a list of column names; for one column write [{value!r}]")
+    roles = Roles(
+        label,
+        task,
+        id_column,
+        time,
+        None if features is None else [str(c) for c in features],
+        [str(c) for c in exclude or []],
+    )
+    named = [
+        (a, c)
+        for a, c in (
+            ("label_column", label),
+            ("task_column", task),
+            ("id_column", id_column),
+            ("time_column", time),
+        )
+        if c is not None
+    ]
+    for i, (arg, col) in enumerate(named):
+        for other, col2 in named[i + 1 :]:
+            if col == col2:
+                raise DataError(f"{arg} and {other} are both {col!r}; a column can play one part only")
+    for arg, listed in (("feature_columns", roles.features or []), ("exclude_columns", roles.exclude)):
+        for role, col in named:
+            if col in listed:
+                part = role.split("_")[0]
+                raise DataError(f"{arg} include {col!r}, the {part} column; remove it from {arg}")
+    both = [c for c in roles.features or [] if c in roles.exclude]
+    if both:
+        raise DataError(f"columns {both} are in both feature_columns and exclude_columns; keep one")
+    return roles
+
+
+def _label_codes(raw: np.ndarray, label_names: Sequence[Any] | None) -> tuple[list, _Codes | None]:
+    """The class names and the map from raw labels to classes: sorted raw labels, or `label_names`."""
+    if label_names is None:
+        return _encode(raw)
+    known = [n if isinstance(n, str) else int(n) for n in _checked_names(label_names)]
+    as_text = raw.dtype.kind == "U" or any(isinstance(n, str) for n in known)
+    keys = np.array([str(n) for n in known]) if as_text else np.array(known, dtype=np.int64)
+    present = np.unique(raw.astype(str) if as_text else raw)
+    new = present[~np.isin(present, keys)]
+    if len(new):
+        raise DataError(
+            f"the files have labels {new.tolist()} that are not among the run's classes: the run's model has "
+            f"outputs for {known}; new classes need a new run (or drop the rows with those labels)"
+        )
+    order = np.argsort(keys, kind="stable")
+    return known, _Codes(keys[order], order)
+
+
+def _checked_names(label_names: Sequence[Any]) -> list[Any]:
+    names = list(label_names)
+    bad = [n for n in names if isinstance(n, bool) or not isinstance(n, str | int | np.integer)]
+    if bad:
+        raise DataError(f"label_names must be ints or strings (the original labels), got {bad[:3]}")
+    if len({str(n) for n in names}) != len(names):
+        raise DataError(f"label_names {names} name a class twice; each class needs its own name")
+    return names
+
+
+def _file_groups(
+    tables: list[tuple[_Entry, list[Table], list[Table], list[Table]]],
+    y_codes: _Codes | None,
+    t_codes: _Codes | None,
+) -> list[_Group]:
+    """One experience per entry, rows in time order when there is a time column."""
+    groups = []
+    for entry, parts, train, test in tables:
+        if parts:
+            whole = _concat(parts, y_codes, t_codes).by_time()
+            groups.append(_Group(entry.domain, [t.label for t in parts], whole=whole))
+        else:
+            groups.append(
+                _Group(
+                    entry.domain,
+                    [t.label for t in train + test],
+                    train=_concat(train, y_codes, t_codes).by_time(),
+                    test=_concat(test, y_codes, t_codes).by_time(),
+                )
+            )
+    return groups
+
+
+def _time_groups(
+    tables: list[Table], y_codes: _Codes | None, t_codes: _Codes | None, split_by: str | int, where: str
+) -> list[_Group]:
+    """The rows of all tables in time order, one experience per period or chunk."""
+    pooled = _concat(tables, y_codes, t_codes).by_time()
+    assert pooled.time is not None
+    groups = []
+    for domain, index in split_by_time(pooled.time, split_by, where):
+        rows = pooled.take(index)
+        files = [tables[i].label for i in np.unique(rows.source)]
+        span = [moment(rows.time[0]), moment(rows.time[-1])]  # type: ignore[index]
+        groups.append(_Group(domain, files, whole=rows, info={"period": span}))
+    return groups
+
+
+def _divide(
+    group: _Group, test_fraction: float, seed: int, split_by: str | int | None
+) -> tuple[_Rows, _Rows]:
+    """Train and test rows of one experience (each in the order the rows had)."""
+    if group.whole is None:
+        assert group.train is not None and group.test is not None
+        return group.train, group.test
+    whole = group.whole
+    if len(whole) < 2:
+        fix = (
+            "use a coarser split_by" if split_by is not None else "add rows, or give train.* and test.* files"
+        )
+        raise DataError(
+            f"{group.domain!r} has {len(whole)} row; it needs at least 2 to split into train and test ({fix})"
+        )
+    rng = np.random.default_rng([seed, zlib.crc32(group.domain.encode())])
+    train_idx, test_idx = _stratified_split(whole.y, test_fraction, rng)
+    return whole.take(train_idx), whole.take(test_idx)
+
+
+def _experience(i: int, group: _Group, train: _Rows, test: _Rows) -> Experience:
+    task = None
+    if train.t is not None and int(train.t.min()) == int(train.t.max()):
+        task = int(train.t[0])
+    info: dict[str, Any] = {"files": group.files, **group.info}
+    if train.ids is not None and test.ids is not None:
+        info["ids"] = {"train": train.ids.tolist(), "test": test.ids.tolist()}
+    return Experience(
+        id=i,
+        train=train.split(),
+        test=test.split(),
+        classes=np.flatnonzero(np.bincount(train.y)).tolist(),  # O(N), unlike unique
+        task=task,
+        domain=group.domain,
         info=info,
     )
 
@@ -279,12 +499,12 @@ def _label(p: Path, root: Path) -> str:
         return str(p)
 
 
-def _part(p: Path, forced: str | None, root: Path) -> tuple[_Part, str]:
+def _part(p: Path, forced: str | None, root: Path) -> tuple[Part, str]:
     """One readable unit and its stem (`train`, `exp1`, ...)."""
     label = _label(p, root)
     if p.is_dir():
         if forced == "hf" or (forced is None and _is_hf_dataset(p)):
-            return _Part(p, "hf", label), p.name
+            return Part(p, "hf", label), p.name
         if _is_hf_dataset(p):
             raise DataError(
                 f"{label} is a saved Hugging Face data set but format={forced!r}; use 'hf' or None"
@@ -298,7 +518,7 @@ def _part(p: Path, forced: str | None, root: Path) -> tuple[_Part, str]:
     found = _file_format(p, forced)
     if found is None:
         raise _unsupported(label)
-    return _Part(p, found[0], label), found[1]
+    return Part(p, found[0], label), found[1]
 
 
 def _entry(p: Path, forced: str | None, root: Path) -> _Entry:
@@ -311,11 +531,11 @@ def _entry(p: Path, forced: str | None, root: Path) -> _Entry:
         if "train" in splits and "test" in splits:
             return _Entry(
                 p.name,
-                train=[_Part(p / "train", "hf", _label(p / "train", root))],
-                test=[_Part(p / "test", "hf", _label(p / "test", root))],
+                train=[Part(p / "train", "hf", _label(p / "train", root))],
+                test=[Part(p / "test", "hf", _label(p / "test", root))],
             )
         if len(splits) == 1:
-            return _Entry(p.name, parts=[_Part(p / splits[0], "hf", _label(p / splits[0], root))])
+            return _Entry(p.name, parts=[Part(p / splits[0], "hf", _label(p / splits[0], root))])
         raise DataError(
             f"{_label(p, root)} is a saved DatasetDict with splits {splits}; it needs 'train' and 'test' "
             "splits, or a single split to divide with test_fraction"
@@ -324,7 +544,7 @@ def _entry(p: Path, forced: str | None, root: Path) -> _Entry:
     if not children:
         raise DataError(f"folder {_label(p, root)} has no usable files; supported: {_SUPPORTED}")
     parts = [_part(c, forced, root) for c in children]
-    by_stem: dict[str, list[_Part]] = {}
+    by_stem: dict[str, list[Part]] = {}
     for part, stem in parts:
         by_stem.setdefault(stem.lower(), []).append(part)
     if "train" not in by_stem and "test" not in by_stem:
@@ -347,256 +567,35 @@ def _has_dirs(p: Path) -> bool:
     return p.is_dir() and any(c.is_dir() for c in _visible(p))
 
 
-# ---------------------------------------------------------------------------------------------- reading
-
-
-class _Reader:
-    def __init__(self, label_column: str, feature_columns: list[str] | None, task_column: str | None):
-        self.label_column = label_column
-        self.feature_columns = feature_columns
-        self.task_column = task_column
-        self.reference: _Reference | None = None
-        self.ignored: set[str] = set()
-
-    def read(self, part: _Part) -> _Table:
-        if part.path.is_file() and part.path.stat().st_size == 0:
-            raise DataError(f"{part.label} is empty")
-        if part.fmt == "npz":
-            table, names = self._npz(part), None
-        else:
-            table, names = self._frame(part)
-        self._check_features(table, names)
-        return table
-
-    def _check_features(self, table: _Table, names: list[str] | None) -> None:
-        shape = tuple(table.x.shape[1:])
-        ref = self.reference
-        if ref is None:
-            self.reference = _Reference(table.label, names, shape)
-        elif shape != ref.shape:
-            what = "feature columns" if len(shape) == 1 and len(ref.shape) == 1 else "per-sample shape"
-            a, b = (shape[0], ref.shape[0]) if what == "feature columns" else (shape, ref.shape)
-            raise DataError(
-                f"inconsistent feature count: {table.label} has {a} {what} but {ref.label} has {b}; "
-                "every file of a stream needs the same features"
-            )
-        elif ref.names is None and names is not None:
-            ref.names = names  # NPZ came first; later tables must match this table's columns
-
-    def _frame(self, part: _Part) -> tuple[_Table, list[str]]:
-        df = _read_frame(part)
-        if len(df) == 0:
-            raise DataError(f"{part.label} is empty (no data rows)")
-        df.columns = [str(c) for c in df.columns]
-        columns = list(df.columns)
-        for role, col in (("label", self.label_column), ("task", self.task_column)):
-            if col is not None and col not in columns:
-                arg = "label_column" if role == "label" else "task_column"
-                raise DataError(
-                    f"{part.label} has no {role} column {col!r}; its columns are {columns} (set {arg}=...)"
-                )
-        names = self._feature_names(df, part)
-        x = _finite(df[names].to_numpy(dtype=np.float64, na_value=np.nan), part.label, names)
-        y = _labels(df[self.label_column], part.label, self.label_column)
-        t = None if self.task_column is None else _labels(df[self.task_column], part.label, self.task_column)
-        return _Table(x, y, t, part.label), names
-
-    def _feature_names(self, df: Any, part: _Part) -> list[str]:
-        import pandas as pd
-
-        is_num = {c: pd.api.types.is_numeric_dtype(df[c]) for c in df.columns}
-        ref = self.reference
-        if self.feature_columns is not None:
-            missing = [c for c in self.feature_columns if c not in is_num]
-            if missing:
-                raise DataError(
-                    f"{part.label} lacks feature columns {missing}; its columns are {list(df.columns)}"
-                )
-            names = list(self.feature_columns)
-        else:
-            roles = (self.label_column, self.task_column)
-            candidates = [c for c in df.columns if c not in roles]
-            if ref is not None and ref.names is not None:
-                missing = [c for c in ref.names if c not in candidates]
-                extra = [c for c in candidates if c not in ref.names and is_num[c]]
-                if missing or extra:
-                    n_here = len([c for c in candidates if is_num[c]])
-                    raise DataError(
-                        f"inconsistent feature count: {part.label} has {n_here} numeric feature columns but "
-                        f"{ref.label} has {len(ref.names)}; missing here: {missing}, extra here: {extra} "
-                        "(or pass feature_columns=...)"
-                    )
-                names = list(ref.names)  # the first file's column order
-            else:
-                names = [c for c in candidates if is_num[c]]
-                self.ignored.update(c for c in candidates if not is_num[c])
-                if not names:
-                    raise DataError(
-                        f"{part.label} has no numeric feature columns (columns: {list(df.columns)}); "
-                        "convert features to numbers or pass feature_columns=..."
-                    )
-        bad = [c for c in names if not is_num[c]]
-        if bad:
-            examples = []
-            for c in bad:
-                col = df[c]
-                coerced = pd.to_numeric(col, errors="coerce")
-                rows = np.flatnonzero(coerced.isna().to_numpy() & col.notna().to_numpy())
-                if len(rows):
-                    examples.append(f"{c!r} (e.g. {col.iloc[rows[0]]!r} at row {rows[0]})")
-                else:
-                    examples.append(repr(c))
-            raise DataError(
-                f"{part.label}: feature columns {bad} are not numeric: {', '.join(examples)}; "
-                "convert them to numbers or leave them out of feature_columns"
-            )
-        return names
-
-    def _npz(self, part: _Part) -> _Table:
-        if self.feature_columns is not None:
-            raise DataError(f"{part.label}: feature_columns applies to tables; NPZ files use the array 'x'")
-        try:
-            with np.load(part.path, allow_pickle=False) as z:
-                keys = list(z.files)
-                need = ["x", "y"] + ([self.task_column] if self.task_column is not None else [])
-                missing = [k for k in need if k not in keys]
-                if missing:
-                    raise DataError(
-                        f"{part.label} lacks arrays {missing}; NPZ files must hold 'x' (features [N, ...]) "
-                        f"and 'y' (labels [N]); it has {keys}"
-                    )
-                x, y = z["x"], z["y"]
-                t = z[self.task_column] if self.task_column is not None else None
-        except DataError:
-            raise
-        except Exception as e:  # zip, pickle and format errors all mean the same to the user
-            raise DataError(f"could not read {part.label} as NPZ (save with numpy.savez): {e}") from e
-        if x.ndim < 2:
-            raise DataError(f"{part.label}: 'x' has shape {x.shape}; it must be [N, features...]")
-        if len(x) == 0:
-            raise DataError(f"{part.label} is empty (0 rows in 'x')")
-        if x.dtype.kind not in "biuf":
-            raise DataError(f"{part.label}: 'x' has dtype {x.dtype}; features must be numeric")
-        for key, arr in (("y", y), (self.task_column, t)):
-            if arr is not None and (arr.ndim != 1 or len(arr) != len(x)):
-                raise DataError(
-                    f"{part.label}: {key!r} has shape {arr.shape} but 'x' has {len(x)} rows; "
-                    f"{key!r} must be one label per row"
-                )
-        flat = _finite(x.reshape(len(x), -1).astype(np.float64), part.label, None, shape=x.shape[1:])
-        return _Table(
-            flat.reshape(x.shape),
-            _labels(y, part.label, "y"),
-            None if t is None else _labels(t, part.label, str(self.task_column)),
-            part.label,
-        )
-
-
-def _read_frame(part: _Part) -> Any:
-    try:
-        import pandas as pd
-    except ImportError as e:
-        raise DataError("reading tables needs pandas; install it with pip install 'lifelong[data]'") from e
-    try:
-        if part.fmt == "csv":
-            return pd.read_csv(part.path)
-        if part.fmt == "jsonl":
-            return pd.read_json(part.path, lines=True)
-        if part.fmt == "parquet":
-            return pd.read_parquet(part.path, engine="pyarrow")
-        return _load_hf(part)
-    except DataError:
-        raise
-    except pd.errors.EmptyDataError as e:
-        raise DataError(f"{part.label} is empty") from e
-    except ImportError as e:
-        raise DataError(f"reading {part.label} needs a missing package: {e}") from e
-    except Exception as e:  # parser errors differ per format and engine; the cause is kept
-        raise DataError(f"could not read {part.label} as {part.fmt.upper()}: {e}") from e
-
-
-def _load_hf(part: _Part) -> Any:
-    try:
-        import datasets
-    except ImportError as e:
-        raise DataError(
-            f"{part.label} is a Hugging Face data set; reading it needs the `datasets` package "
-            "(pip install 'lifelong[hf]')"
-        ) from e
-    ds = datasets.load_from_disk(str(part.path))
-    if isinstance(ds, datasets.DatasetDict):
-        raise DataError(f"{part.label} is a DatasetDict; put it directly in the stream folder")
-    return ds.to_pandas()
-
-
-def _finite(x: np.ndarray, label: str, names: list[str] | None, shape: tuple = ()) -> np.ndarray:
-    """x as float32, or a DataError naming the first NaN/inf (or float32 overflow)."""
-    bad = ~np.isfinite(x)
-    overflow = False
-    if not bad.any():
-        with np.errstate(over="ignore"):
-            x32 = x.astype(np.float32)
-        bad = ~np.isfinite(x32)
-        if not bad.any():
-            return x32
-        overflow = True
-    row, col = np.argwhere(bad)[0]
-    value = x[row, col]
-    what = "too large for float32" if overflow else ("NaN" if np.isnan(value) else str(value))
-    if names is not None:
-        where = f"column {names[col]!r}"
-    else:
-        where = f"x[{row}, {', '.join(str(int(i)) for i in np.unravel_index(col, shape))}]"
-    raise DataError(
-        f"{label}: feature value is {what} at row {row}, {where} ({int(bad.sum())} bad values in all); "
-        "clean or impute the data before building the stream"
-    )
-
-
-def _labels(values: Any, label: str, column: str) -> np.ndarray:
-    """Raw labels as int64 or str, rejecting missing and non-integer numeric values."""
-    is_series = hasattr(values, "isna")
-    na = values.isna().to_numpy() if is_series else None
-    arr = values.to_numpy() if is_series else np.asarray(values)
-    if arr.dtype.kind == "f":
-        na = np.isnan(arr) if na is None else na | np.isnan(arr)
-    if na is not None and na.any():
-        raise DataError(f"{label}: label column {column!r} is missing a value at row {np.flatnonzero(na)[0]}")
-    if arr.dtype.kind in "biu":
-        return arr.astype(np.int64)
-    if arr.dtype.kind == "f":
-        frac = arr != np.round(arr)
-        if frac.any():
-            row = np.flatnonzero(frac)[0]
-            raise DataError(
-                f"{label}: label column {column!r} has the non-integer value {arr[row]} at row {row}; "
-                "classification needs integer or string labels"
-            )
-        return arr.astype(np.int64)
-    return arr.astype(str)
-
-
-def _encode(raw: np.ndarray, keep_any_int: bool = False) -> tuple[list, np.ndarray | None]:
-    """Sorted distinct labels and the value table to map raw labels to 0..K-1 (None: keep as is)."""
+def _encode(raw: np.ndarray, keep_any_int: bool = False) -> tuple[list, _Codes | None]:
+    """Sorted distinct labels and the map from raw labels to 0..K-1 (None: keep them as they are)."""
     names = np.unique(raw)
     identity = raw.dtype.kind == "i" and (keep_any_int or np.array_equal(names, np.arange(len(names))))
-    return names.tolist(), None if identity else names
+    return names.tolist(), None if identity else _Codes(names, np.arange(len(names)))
 
 
-def _concat(tables: list[_Table], y_map: np.ndarray | None, t_map: np.ndarray | None) -> Split:
-    def mapped(raw: np.ndarray, table: np.ndarray | None) -> torch.Tensor:
-        if table is not None:
-            if table.dtype.kind == "U":
-                raw = raw.astype(str)
-            raw = np.searchsorted(table, raw)
-        return torch.from_numpy(np.ascontiguousarray(raw, dtype=np.int64))
+def _concat(tables: list[Table], y_codes: _Codes | None, t_codes: _Codes | None) -> _Rows:
+    def mapped(raw: np.ndarray, codes: _Codes | None) -> np.ndarray:
+        return np.ascontiguousarray(raw if codes is None else codes(raw), dtype=np.int64)
 
-    x = np.concatenate([t.x for t in tables])
-    y = np.concatenate([t.y for t in tables]) if len(tables) > 1 else tables[0].y
-    t = None
-    if tables[0].t is not None:
-        t = mapped(np.concatenate([tb.t for tb in tables]), t_map)  # type: ignore[misc]
-    return Split(torch.from_numpy(np.ascontiguousarray(x)), mapped(y, y_map), t)
+    def joined(arrays: list[np.ndarray | None]) -> np.ndarray | None:
+        return None if arrays[0] is None else np.concatenate(arrays)  # type: ignore[arg-type]
+
+    kinds = {t.time.dtype.kind for t in tables if t.time is not None}
+    if len(kinds) > 1:
+        raise DataError(
+            "the time column holds dates in some files and numbers in others; use one kind in every file"
+        )
+    y = np.concatenate([t.y for t in tables])
+    t = joined([tb.t for tb in tables])
+    return _Rows(
+        x=np.concatenate([tb.x for tb in tables]),
+        y=mapped(y, y_codes),
+        t=None if t is None else mapped(t, t_codes),
+        ids=joined([tb.ids for tb in tables]),
+        time=joined([tb.time for tb in tables]),
+        source=np.repeat(np.arange(len(tables)), [len(tb.y) for tb in tables]),
+    )
 
 
 def _stratified_split(
