@@ -461,7 +461,8 @@ def test_run_directory_of_another_config(tmp_path, request, which):
         cli("run", other, "--out", run),
         f"run directory {run} belongs to another config (key 'train.lr' is 0.05 there and 0.1 here)",
         "choose another output directory",
-        f"lifelong resume {run}",
+        f"lifelong resume {run}" if which == "unfinished" else f"lifelong continue {run} --data PATH",
+        "--overwrite",
     )
     assert_fails(
         cli("run", write(tmp_path, changed("method", {"name": "naive"}), "naive.yaml"), "--out", run),

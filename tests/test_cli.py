@@ -1,5 +1,6 @@
-"""The command line, driven in-process with typer's CliRunner: `run`, `report`, `datasets`, `demo`, and the
-README's first config, which must keep working."""
+"""The command line, driven in-process with typer's CliRunner: `run`, `resume`, `continue`, `predict`,
+`report` (one run or several), `datasets`, `methods`, `init`, `demo`, the matrix as the terminal shows it,
+Ctrl-C, and the README's first config, which must keep working. Start-up cost: test_cli_fast.py."""
 
 from __future__ import annotations
 
@@ -332,7 +333,7 @@ def test_missing_cells_show_a_dash():
     assert cells(text, "3") == ["52.0", "53.0", "54.0", "55.0"]
 
 
-@pytest.mark.parametrize("width", [60, 80, 160])
+@pytest.mark.parametrize("width", [50, 80, 160])
 def test_fifteen_experiences_fit_the_terminal(width):
     text = printed(fake_results(15), width)
     assert all(len(line) <= width for line in text.splitlines()), text
@@ -385,7 +386,9 @@ def test_run_passes_overwrite_and_does_not_redraw_the_report(tmp_path):
     assert run_config.call_args.kwargs == {"progress": False, "overwrite": True}
     write_report.assert_not_called()  # the learner writes report.html itself
     assert f"report: {out / 'report.html'}" in result.stdout
-    with mock.patch("lifelong.experiment.run_config", return_value=FakeResults(fake_results(3))) as run_config:
+    with mock.patch(
+        "lifelong.experiment.run_config", return_value=FakeResults(fake_results(3))
+    ) as run_config:
         invoke("run", config, "--out", out, "--no-progress")
     assert run_config.call_args.kwargs["overwrite"] is False
 
@@ -508,7 +511,7 @@ def test_report_of_one_run_refuses_out(small_run, tmp_path):
     assert not (tmp_path / "cmp").exists()
 
 
-# --- methods --------------------------------------------------------------------------------------------------
+# --- methods ------------------------------------------------------------------------------------------------
 
 
 def test_methods_lists_every_method_with_its_defaults():
@@ -548,7 +551,7 @@ def test_methods_unknown_name_lists_the_methods():
     assert result.exit_code == 2 and "unknown method 'replai'; available: naive" in flat(result.stderr)
 
 
-# --- init: starter configs ------------------------------------------------------------------------------------
+# --- init: starter configs ----------------------------------------------------------------------------------
 
 TEMPLATES = ROOT / "src" / "lifelong" / "templates"
 
@@ -583,7 +586,9 @@ def test_init_out_and_the_example_alias(tmp_path):
     into_folder = invoke("init", "online", "--out", tmp_path / "configs")
     assert into_folder.exit_code == 0 and (tmp_path / "configs" / "online.yaml").exists()
     unknown = invoke("init", "firts")
-    assert unknown.exit_code == 2 and "unknown starter config 'firts'; available: files, first" in unknown.stderr
+    assert (
+        unknown.exit_code == 2 and "unknown starter config 'firts'; available: files, first" in unknown.stderr
+    )
 
 
 def test_every_template_is_a_valid_config():
@@ -623,19 +628,41 @@ def test_templates_are_package_data():
     assert "templates/*.yaml" in pyproject["tool"]["setuptools"]["package-data"]["lifelong"]
 
 
-def test_files_template_runs_on_a_folder_of_csv_files(tmp_path, monkeypatch):
-    """`lifelong init files`, then `lifelong run files.yaml` on data/monthly/*.csv, as the template says."""
+def monthly_table(rng, labels: list[int], rows: int = 60) -> pd.DataFrame:
+    y = rng.choice(labels, size=rows)
+    frame = pd.DataFrame(rng.normal(size=(rows, 3)) + 3 * y[:, None], columns=["a", "b", "c"])
+    frame["label"] = y
+    return frame
+
+
+def test_a_users_journey_from_init_to_predict(tmp_path, monkeypatch):
+    """`lifelong init files`, `run` on data/monthly/*.csv as the template says, `continue` with a new month,
+    `predict` on new rows, `report`: the commands a user of their own tables meets, end to end."""
     monkeypatch.chdir(tmp_path)
     monthly = tmp_path / "data" / "monthly"
     monthly.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for month, labels in (("2026-01", [0, 1]), ("2026-02", [0, 1]), ("2026-03", [1, 2])):
-        y = rng.choice(labels, size=60)
-        frame = pd.DataFrame(rng.normal(size=(60, 3)) + 3 * y[:, None], columns=["a", "b", "c"])
-        frame["label"] = y
-        frame.to_csv(monthly / f"{month}.csv", index=False)
+        monthly_table(rng, labels).to_csv(monthly / f"{month}.csv", index=False)
     assert invoke("init", "files").exit_code == 0
     result = invoke("run", "files.yaml", "--out", "runs/mine", "--no-progress")
     assert result.exit_code == 0, result.output
-    results = json.loads((tmp_path / "runs" / "mine" / "results.json").read_text())
+    run_dir = tmp_path / "runs" / "mine"
+    assert (run_dir / "report.html").exists()  # written by the learner, not by the CLI
+    results = json.loads((run_dir / "results.json").read_text())
     assert len(results["matrix"]) == 3 and results["summary"]["acc"] > 0.5
+
+    monthly_table(rng, [0, 2]).to_csv(tmp_path / "2026-04.csv", index=False)
+    result = invoke("continue", "runs/mine", "--data", "2026-04.csv", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert len(cells(result.stdout, "1")) == 4 and cells(result.stdout, "1")[-1] == "-"  # not known then
+    assert len(json.loads((run_dir / "results.json").read_text())["matrix"]) == 4
+
+    monthly_table(rng, [0, 1, 2], rows=7).drop(columns="label").to_csv(tmp_path / "new.csv", index=False)
+    result = invoke("predict", "runs/mine", "new.csv", "--out", "predictions.csv")
+    assert result.exit_code == 0, result.output
+    assert "wrote 7 predictions to predictions.csv" in flat(result.stdout)
+    assert len(pd.read_csv(tmp_path / "predictions.csv")) == 7
+
+    result = invoke("report", "runs/mine")
+    assert result.exit_code == 0 and "report: runs/mine/report.html" in result.stdout

@@ -90,5 +90,5 @@ def test_user_files_in_time_order_run_from_a_config(tmp_path):
         "train: {epochs: 5, batch_size: 16, lr: 0.05}\n"
     )
     results = run_config(load_config(config), tmp_path / "run", progress=False)
-    assert results.experience_names == ["0: 2026-01", "1: 2026-02", "2: 2026-03"]
+    assert results.experience_names == ["2026-01", "2026-02", "2026-03"]
     assert results.summary["acc"] > 0.8  # separable classes, replay keeps cat/dog while fox arrives

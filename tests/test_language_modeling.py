@@ -75,7 +75,7 @@ def test_perplexity_matrix(request, stream, which):
     # every domain is learnt when it is current
     assert all(results.matrix[i][i] < results.initial[i] / 3 for i in range(t))
     assert results.method == which
-    assert results.experience_names == ["0: logic", "1: creatures", "2: ascii-art"]
+    assert results.experience_names == ["logic", "creatures", "ascii-art"]
 
 
 def test_summary_uses_the_perplexity_direction(naive):
@@ -157,7 +157,7 @@ def test_yaml_config_runs_a_text_stream(tmp_path):
     assert len(results.matrix) == 2 and all(len(row) == 2 for row in results.matrix)
     assert all(math.isfinite(v) and v > 1.0 for row in results.matrix for v in row)
     assert results.matrix[0][0] < results.initial[0] / 2
-    assert results.experience_names == ["0: pets", "1: magic"]
+    assert results.experience_names == ["pets", "magic"]
     assert results.summary == metrics.summary(results.matrix, results.initial, higher_is_better=False)
     saved = json.loads((out / "results.json").read_text())
     assert saved["metric"] == "perplexity" and saved["matrix"] == results.matrix

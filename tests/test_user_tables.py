@@ -255,14 +255,13 @@ def test_given_normalizer_is_applied_instead_of_fitting(tmp_path):
 # --- image layout ----------------------------------------------------------------------------------------
 
 
-def images(folder, shape, n: int = 12, files: int = 2) -> np.ndarray:
+def images(folder, shape, n: int = 12) -> np.ndarray:
+    """Two NPZ files of n random images of `shape`; returns the first file's array."""
     rng = np.random.default_rng(0)
-    first = None
-    for i in range(files):
-        x = rng.random((n, *shape)).astype(np.float32)
+    arrays = [rng.random((n, *shape)).astype(np.float32) for _ in range(2)]
+    for i, x in enumerate(arrays):
         np.savez(folder / f"e{i}.npz", x=x, y=np.arange(n) % 2)
-        first = x if first is None else first
-    return first  # type: ignore[return-value]
+    return arrays[0]
 
 
 def test_channels_last_npz_is_detected_and_transposed(tmp_path):

@@ -101,7 +101,9 @@ def _folded_table(matrix: list[list[float | None]], title: str, scale: float) ->
     for j, final in enumerate(last):
         learnt = matrix[j][j] if j < len(matrix) and j < len(matrix[j]) else None
         change = None if learnt is None or final is None else final - learnt
-        table.add_row(str(j + 1), _number(learnt, scale), _number(final, scale), _number(change, scale, sign=True))
+        table.add_row(
+            str(j + 1), _number(learnt, scale), _number(final, scale), _number(change, scale, sign=True)
+        )
     return table
 
 
@@ -184,7 +186,10 @@ def _interruptible(run_dir: Path) -> Iterator[None]:
         if has_checkpoint(run_dir):
             line = f"interrupted: resume with `lifelong resume {shlex.quote(str(run_dir))}`"
         else:
-            line = "interrupted before the first checkpoint: run the same command again (add --overwrite if asked)"
+            line = (
+                "interrupted before the first checkpoint: run the same command again "
+                "(add --overwrite if asked)"
+            )
         errors.print(line, markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(code=INTERRUPTED) from None
 
@@ -196,7 +201,9 @@ Progress = Annotated[bool, typer.Option(help="show progress bars")]
 
 @app.command()
 def run(
-    config: Annotated[Path, typer.Argument(help="YAML config (see docs/config.md; `lifelong init` writes one)")],
+    config: Annotated[
+        Path, typer.Argument(help="YAML config (see docs/config.md; `lifelong init` writes one)")
+    ],
     overrides: Annotated[
         list[str] | None, typer.Argument(help="section.key=value, e.g. train.lr=0.05")
     ] = None,
@@ -241,11 +248,12 @@ def resume(
 def continue_(
     run_dir: Annotated[Path, typer.Argument(help="a finished run directory")],
     data: Annotated[
-        list[Path], typer.Option("--data", help="new data: a file or folder per experience (repeat --data)")
+        list[Path],
+        typer.Option("--data", help="new data, read like scenario.path: a file, or a folder (repeatable)"),
     ],
     progress: Progress = True,
 ) -> None:
-    """Go on learning a finished run from new data, one experience per --data, tested on old and new."""
+    """A finished run learns new data from where it stopped; the matrix grows by the new experiences."""
     from lifelong.experiment import continue_run
 
     try:
@@ -265,10 +273,10 @@ def _count_rows(path: Path) -> int | None:
     if suffix in (".csv", ".tsv"):
         with path.open(newline="") as f:
             return max(0, sum(1 for _ in csv.reader(f, delimiter="\t" if suffix == ".tsv" else ",")) - 1)
-    if suffix == ".jsonl":
+    if suffix in (".jsonl", ".ndjson"):
         with path.open() as f:
             return sum(1 for line in f if line.strip())
-    if suffix == ".parquet":
+    if suffix in (".parquet", ".pq"):
         import pyarrow.parquet as pq
 
         return int(pq.ParquetFile(path).metadata.num_rows)
@@ -279,7 +287,8 @@ def _count_rows(path: Path) -> int | None:
 def predict(
     run_dir: Annotated[Path, typer.Argument(help="a finished run directory")],
     input_file: Annotated[
-        Path, typer.Argument(metavar="INPUT", help="a table with the run's feature columns (CSV, Parquet, ...)")
+        Path,
+        typer.Argument(metavar="INPUT", help="a table with the run's feature columns (CSV, Parquet, ...)"),
     ],
     out: Annotated[Path, typer.Option("--out", help="where to write the predictions")],
 ) -> None:
@@ -328,18 +337,18 @@ def report(
 
     if len(run_dirs) == 1 and out is not None:
         _fail("--out is where a comparison of several runs goes; one run's report is written into the run")
+    names = _unique_names(run_dirs)
     try:
         if len(run_dirs) == 1:
             path = write_report(run_dirs[0])
         else:
             out = out or Path("runs") / time.strftime("compare-%Y%m%d-%H%M%S")
-            path = write_comparison_report(dict(zip(_unique_names(run_dirs), run_dirs, strict=True)), out)
+            path = write_comparison_report(dict(zip(names, run_dirs, strict=True)), out)
     except LifelongError as err:
         _fail(err)
     # the report functions checked results.json; reading it again needs only json (not lifelong.state)
     named = {
-        name: json.loads((d / "results.json").read_text())
-        for name, d in zip(_unique_names(run_dirs), run_dirs, strict=True)
+        name: json.loads((d / "results.json").read_text()) for name, d in zip(names, run_dirs, strict=True)
     }
     if len(run_dirs) == 1:
         print_results(next(iter(named.values())), str(run_dirs[0]))
@@ -368,7 +377,7 @@ def datasets() -> None:
 
 
 def _type_name(annotation: Any) -> str:
-    """A config field's type as a user writes it in YAML: `int`, `int | null`, `reservoir | class_balanced`."""
+    """A config field's type as written in YAML: `int`, `int | null`, `reservoir | class_balanced`."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is typing.Annotated:
         return _type_name(args[0])
@@ -478,7 +487,9 @@ def methods(
         for col in ("name", "description", "options (defaults)"):
             table.add_column(col, overflow="fold")
         for method, (doc, options) in rows.items():
-            table.add_row(method, escape(doc), escape(", ".join(f"{o}={d}" for o, _, d, _ in options)) or MISSING)
+            table.add_row(
+                method, escape(doc), escape(", ".join(f"{o}={d}" for o, _, d, _ in options)) or MISSING
+            )
         console.print(table)
         console.print("One method in full: lifelong methods NAME", highlight=False)
         return
@@ -523,7 +534,12 @@ def _describe(text: str) -> tuple[str, str, str, str]:
     experiences = f" x {count}" if count else ""
     data = raw["data"]["name"] if raw.get("data") else "your files"
     methods = raw["method"] if isinstance(raw["method"], list) else [raw["method"]]
-    return (scenario["type"] + experiences, data, raw["model"]["name"], " + ".join(m["name"] for m in methods))
+    return (
+        scenario["type"] + experiences,
+        data,
+        raw["model"]["name"],
+        " + ".join(m["name"] for m in methods),
+    )
 
 
 @app.command()

@@ -37,7 +37,7 @@ from lifelong.errors import ConfigError, StateError, TrainingDivergedError
 from lifelong.evaluation import metrics
 from lifelong.evaluation.confusion import accuracy_of, confusion_matrix, per_class_accuracy
 from lifelong.methods.base import Context, Method, check_composition, overrides
-from lifelong.objectives import objective_for
+from lifelong.objectives import logits_of, objective_for
 from lifelong.progress import TrainingProgress
 from lifelong.streams.experience import Split, Stream
 from lifelong.streams.fingerprint import difference, experience_name, fingerprint
@@ -531,22 +531,27 @@ class Learner:
                 shutil.rmtree(run_dir)
                 self._start_run_dir(config, stream, fp, initial)
                 return None
-            diff = _first_difference(saved, _as_json(config))
+            diff = _first_difference(_comparable(saved, False), _comparable(_as_json(config), False))
+            go_on = (
+                f"train that run on new data with {_continue_hint(run_dir, python_run)}"
+                if finished
+                else f"resume that run with {_resume_hint(run_dir, python_run)}"
+            )
             if diff is not None:
                 raise StateError(
                     f"run directory {run_dir} belongs to another config ({diff}); choose another output "
-                    "directory, or replace that run with --overwrite (run(..., overwrite=True))"
+                    f"directory, {go_on}, or replace it with --overwrite (Python: overwrite=True)"
                 )
             if finished:
                 raise StateError(
-                    f"run directory {run_dir} holds a finished run; train it on new data with "
-                    f"{_continue_hint(run_dir, python_run)}, choose another output directory, or replace it "
-                    "with --overwrite (run(..., overwrite=True))"
+                    f"run directory {run_dir} holds a finished run (results in {run_dir / 'results.json'}); "
+                    f"{go_on}, choose another output directory, or replace it with --overwrite "
+                    "(Python: overwrite=True)"
                 )
             raise StateError(
                 f"run directory {run_dir} holds an unfinished run of this config; continue it with "
-                f"{_resume_hint(run_dir, python_run)}, choose another directory, or start it again with "
-                "--overwrite (run(..., overwrite=True))"
+                f"{_resume_hint(run_dir, python_run)}, choose another output directory, or start it again "
+                "with --overwrite (Python: overwrite=True)"
             )
 
         extend = mode == "extend"
@@ -678,7 +683,7 @@ class Predicting(nn.Module):
         self.hooks = hooks
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.model(x)
+        out = logits_of(self.model(x), self.model)
         for predict in self.hooks:
             out = predict(self.model, x, out)
         return out

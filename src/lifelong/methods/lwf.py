@@ -36,6 +36,7 @@ from torch.utils.hooks import RemovableHandle
 from lifelong.errors import ConfigError
 from lifelong.methods.base import Context, Method
 from lifelong.methods.tensor_state import Tensors, from_state, placed, to_state
+from lifelong.objectives import logits_of
 from lifelong.streams.experience import Split, Stream
 
 
@@ -108,7 +109,7 @@ class LwF(Method):
         if self._teacher_model is None:
             self._teacher_model = _frozen_copy(model, placed(self.teacher, x.device))
         with torch.no_grad():
-            return self._teacher_model(x)
+            return logits_of(self._teacher_model(x))
 
     def loss(self, ctx: Context, batch: Split, out: torch.Tensor) -> torch.Tensor | None:
         raw, self._raw = self._raw, None
@@ -122,7 +123,7 @@ class LwF(Method):
             if not old:
                 return None
             if raw is None or not _made(out, raw):
-                raw = ctx.model(x)
+                raw = logits_of(ctx.model(x))
             groups = torch.zeros(len(old), out.shape[-1], dtype=torch.bool, device=out.device)
             for k, task in enumerate(old):
                 groups[k, task_classes[task]] = True

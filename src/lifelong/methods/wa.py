@@ -30,6 +30,7 @@ from lifelong.errors import ConfigError
 from lifelong.methods.base import Context, Method
 from lifelong.methods.icarl import Teacher, distillation
 from lifelong.models import features_and_head
+from lifelong.objectives import logits_of
 from lifelong.streams.experience import Split, Stream
 
 
@@ -90,7 +91,7 @@ class WA(Method):
         if self._old_index is None or self._old_index.device != out.device:
             self._old_index = torch.tensor(self.seen_classes, device=out.device)
         with torch.no_grad():
-            target = teacher(batch.x.to(out.device))
+            target = logits_of(teacher(batch.x.to(out.device)))
         old = self._old_index
         return self._weight_of(ctx) * distillation(out[:, old], target[:, old], self.temperature)
 

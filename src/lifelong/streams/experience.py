@@ -188,7 +188,7 @@ class Stream:
 def _warn_about_classes(stream: Stream) -> None:
     """Warn about classes the model cannot learn: seen only in test data, or in very few training samples.
     (Negative labels are refused by the check against the model's outputs, before training.)"""
-    size = max(1 + max(int(s.y.max()) for e in stream for s in (e.train, e.test)), 1)
+    size = stream.num_classes  # labels outside 0..num_classes-1 are refused before training, not here
     train = np.zeros(size, dtype=np.int64)
     tested: dict[int, list[str]] = {}
     for e in stream:
@@ -226,6 +226,6 @@ def _warn_about_classes(stream: Stream) -> None:
 
 
 def _counts(y: torch.Tensor, size: int) -> np.ndarray:
-    """Samples per class 0..size-1 (negative labels are left to the check against the model)."""
-    y = y[y >= 0]
-    return torch.bincount(y, minlength=size).numpy() if len(y) else np.zeros(size, dtype=np.int64)
+    """Samples per class 0..size-1 (other labels are left to the check against the model's outputs)."""
+    y = y[(y >= 0) & (y < size)]
+    return torch.bincount(y, minlength=size).cpu().numpy()

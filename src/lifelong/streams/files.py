@@ -161,8 +161,8 @@ def from_files(
     NPZ files hold arrays `x` [N, ...] and `y` [N] (and arrays named by `task_column`, `id_column`,
     `time_column`). `layout` says how image arrays are laid out: `channels_last` ([N, H, W, C], transposed
     to [N, C, H, W]), `channels_first` (kept as they are), or `auto`: [N, H, W, C] with C in 1, 3, 4 and
-    H, W > 4 is taken as channels-last (with a warning); in both other than `channels_first`, [N, H, W]
-    becomes [N, 1, H, W].
+    H, W > 4 is taken as channels-last (with a warning). With `auto` and `channels_last`, [N, H, W] becomes
+    [N, 1, H, W].
 
     Labels that are not already 0..K-1 (strings, sparse integers) are mapped to 0..K-1 in sorted order over
     all files; `stream.info["label_names"][k]` is the original label of class k. Given `label_names`, class
