@@ -71,10 +71,7 @@ def main() -> None:
         [
             "| contender | median wall s (whole process) | ratio | ACC % |",
             "|---|---:|---:|---:|",
-            *(
-                f"| {k} | {median[k]:.2f} | {median[k] / base:.3f}x | {100 * accs[k]:.1f} |"
-                for k in times
-            ),
+            *(f"| {k} | {median[k]:.2f} | {median[k] / base:.3f}x | {100 * accs[k]:.1f} |" for k in times),
         ]
     )
     print(table)

@@ -52,12 +52,13 @@ def imports(args: list[str], cwd: Path) -> tuple[bool, list[tuple[str, float]]]:
     proc = subprocess.run(
         [sys.executable, "-X", "importtime", "-c", code], cwd=cwd, capture_output=True, text=True
     )
-    top = []
+    names, top = set(), []
     for line in proc.stderr.splitlines():
-        m = re.match(r"import time:\s+\d+ \|\s+(\d+) \| (\S+)$", line)  # no indent: a top-level import
+        m = re.match(r"import time:\s+\d+ \|\s+(\d+) \|( +)(\S+)$", line)
         if m:
-            top.append((m[2], int(m[1]) / 1e6))
-    names = {name for name, _ in top}
+            names.add(m[3])
+            if len(m[2]) == 1 and m[3] not in ("site", "encodings"):  # imported by the command, not nested
+                top.append((m[3], int(m[1]) / 1e6))
     return "torch" in names, sorted(top, key=lambda t: -t[1])[:3]
 
 

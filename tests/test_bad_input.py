@@ -296,7 +296,7 @@ def test_labels_outside_the_models_classes(tmp_path):
         tmp_path,
         stream(),
         DataError,
-        "experience 1 (train split) has label 3, but the model has 3 outputs (valid: 0..2)",
+        "experience 2 (train split) has label 3, but the model has 3 outputs (valid: 0..2)",
         "build the model with at least 4 outputs or fix the labels",
         outputs=3,
     )
@@ -305,7 +305,7 @@ def test_labels_outside_the_models_classes(tmp_path):
         tmp_path,
         stream(y=[None, negative, None, None]),
         DataError,
-        "experience 0 (test split) has label -1, but the model has 4 outputs",
+        "experience 1 (test split) has label -1, but the model has 4 outputs",
     )
 
 
@@ -318,11 +318,11 @@ def _with(value: float, index: tuple[int, ...], shape: tuple[int, ...]) -> torch
 @pytest.mark.parametrize(
     "where, value, index, shape, phrases",
     [
-        (3, float("nan"), (3, 5), (6, 6), ["experience 1 (test split)", "(nan) at row 3, feature 5"]),
-        (0, float("inf"), (7, 0), (12, 6), ["experience 0 (train split)", "(inf) at row 7, feature 0"]),
-        (2, -float("inf"), (11, 2), (12, 6), ["experience 1 (train split)", "(-inf) at row 11, feature 2"]),
+        (3, float("nan"), (3, 5), (6, 6), ["experience 2 (test split)", "(nan) at row 3, feature 5"]),
+        (0, float("inf"), (7, 0), (12, 6), ["experience 1 (train split)", "(inf) at row 7, feature 0"]),
+        (2, -float("inf"), (11, 2), (12, 6), ["experience 2 (train split)", "(-inf) at row 11, feature 2"]),
         # images: the feature is the position in the flattened sample ([C, H, W] = [1, 2, 3])
-        (1, float("nan"), (2, 0, 1, 2), (6, 1, 2, 3), ["experience 0 (test split)", "row 2, feature 5"]),
+        (1, float("nan"), (2, 0, 1, 2), (6, 1, 2, 3), ["experience 1 (test split)", "row 2, feature 5"]),
     ],
     ids=["nan-test", "inf-train", "minus-inf", "nan-image"],
 )
@@ -351,7 +351,7 @@ def test_input_shape_that_does_not_fit_the_model(tmp_path):
         tmp_path,
         stream(x=[None, None, torch.rand(12, 5), None]),
         DataError,
-        "experience 1 (train split) has samples of shape (5,) but the stream declares (6,)",
+        "experience 2 (train split) has samples of shape (5,) but the stream declares (6,)",
         "every experience must have the same input shape",
     )
 
@@ -361,10 +361,10 @@ def test_empty_experience():
         stream(x=[None, None, torch.rand(0, 6), None], y=[None, None, torch.zeros(0, dtype=torch.long), None])
     assert_says(
         str(err.value),
-        "experience 1 of stream 'hand' has an empty training split",
+        "experience 2 of stream 'hand' has an empty training split",
         "remove it or give it data",
     )
-    with pytest.raises(DataError, match="experience 0 of stream 'hand' has an empty test split"):
+    with pytest.raises(DataError, match="experience 1 of stream 'hand' has an empty test split"):
         stream(x=[None, torch.rand(0, 6), None, None], y=[None, torch.zeros(0, dtype=torch.long), None, None])
     with pytest.raises(DataError, match="stream 'empty' has no experiences"):
         Stream("empty", [], "classification", 2, (6,))

@@ -190,7 +190,10 @@ def test_python_extend_equals_one_unbroken_run(tmp_path):
         learner(tmp_path / "grown").run(stream, extend=True)
     # a stream whose recorded part changed cannot extend the run
     shuffled = Stream(
-        stream.name, [stream[1], stream[0], *stream.experiences[2:]], stream.kind, stream.num_classes,
+        stream.name,
+        [stream[1], stream[0], *stream.experiences[2:]],
+        stream.kind,
+        stream.num_classes,
         stream.input_shape,
     )
     with pytest.raises(StateError, match="experience 1"):

@@ -363,7 +363,7 @@ def test_float_labels_are_refused_for_classification():
     with pytest.raises(DataError) as err:
         Stream("f", [Experience(0, split, split)], "classification", 2, (3,))
     msg = str(err.value)
-    assert "experience 0 (train split) of stream 'f' has labels of dtype torch.float32" in msg
+    assert "experience 1 (train split) of stream 'f' has labels of dtype torch.float32" in msg
     assert "integer class labels 0..K-1" in msg
 
 
@@ -375,13 +375,13 @@ def test_test_only_and_rare_classes_are_warned():
         Stream, "s", [Experience(0, train, test, domain="jan")], "classification", 5, (2,), info={}
     )
     (only,) = about(said, "appear only in test data")
-    assert "3 in experience 0 (jan); 4 in experience 0 (jan)" in only
+    assert "3 in experience 1 (jan); 4 in experience 1 (jan)" in only
     (rare,) = about(said, "fewer than 5 training samples")
     assert "(2: 3)" in rare
     # named by the files' labels
     names = {"label_names": ["ant", "bee", "cat", "dog", "emu"]}
     _, said = caught(Stream, "s", [Experience(0, train, test)], "classification", 5, (2,), info=names)
-    assert "3 ('dog') in experience 0" in about(said, "only in test")[0]
+    assert "3 ('dog') in experience 1" in about(said, "only in test")[0]
     assert "(2 ('cat'): 3)" in about(said, "fewer than 5")[0]
     # enough of every class: silent
     balanced = Split(torch.rand(10, 2, generator=g), torch.arange(10) % 2)
@@ -394,7 +394,7 @@ def test_test_only_class_in_files(tmp_path):
     pd.DataFrame({"a": range(10), "label": [0, 1] * 5}).to_csv(tmp_path / "week1" / "train.csv", index=False)
     pd.DataFrame({"a": range(4), "label": [0, 1, 2, 2]}).to_csv(tmp_path / "week1" / "test.csv", index=False)
     _, said = caught(from_files, tmp_path)
-    assert "2 in experience 0 (week1)" in about(said, "appear only in test data")[0]
+    assert "2 in experience 1 (week1)" in about(said, "appear only in test data")[0]
 
 
 # --- the YAML scenario section -----------------------------------------------------------------------------

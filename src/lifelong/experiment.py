@@ -198,6 +198,10 @@ def resume(run_dir: str | Path, progress: bool = True) -> Results:
     cfg = _config_of(run_dir, "resume")
     if (run_dir / "results.json").exists():
         # finished: killed after results.json (e.g. while the report was written), or resumed twice
+        if not (run_dir / "report.html").exists():
+            from lifelong.evaluation.report import write_report
+
+            write_report(run_dir)
         return Results.from_dict(read_json(run_dir / "results.json", "results"))
     learner, stream = build_learner(cfg, run_dir, progress)
     return learner.run(stream, resume=True)

@@ -99,9 +99,7 @@ class TrainedModel:
         tasks = None
         if self.task_classes is not None:
             if task is None:
-                raise DataError(
-                    "this run is task-incremental: pass the task label of each sample (task=...)"
-                )
+                raise DataError("this run is task-incremental: pass the task label of each sample (task=...)")
             tasks = torch.as_tensor(task, dtype=torch.int64).expand(len(inputs))
         out = [
             self._objective.forward(

@@ -501,8 +501,13 @@ class Learner:
         fp = fingerprint(stream)
         initial = st.weights_digest(self.model)
         if not config_path.exists():
-            # a run killed while writing config.json leaves only that file's temporary copy: still empty
-            leftovers = sorted(run_dir.glob(".config.json.*.tmp")) if run_dir.exists() else []
+            # a run killed while starting leaves run.json and config.json's temporary copy: still empty
+            leftovers = (
+                sorted([*run_dir.glob(".config.json.*.tmp"), *run_dir.glob(".run.json.*.tmp")])
+                + [p for p in (run_dir / RUN_INFO,) if p.exists()]
+                if run_dir.exists()
+                else []
+            )
             if run_dir.exists() and any(p not in leftovers for p in run_dir.iterdir()):
                 raise StateError(
                     f"{run_dir} exists and is not a lifelong run directory (no config.json); choose an "
@@ -690,11 +695,10 @@ class Predicting(nn.Module):
 
 
 def _warm_up() -> None:
-    """The first optimizer step of a process costs ~1.4 s in torch 2.13 (a lazy import). Pay it before the
-    clock starts, so `wall_seconds` measures the run, not whichever run came first in the process."""
-    weight = torch.zeros(1, requires_grad=True)
-    weight.grad = torch.zeros(1)
-    torch.optim.SGD([weight], lr=0.0).step()
+    """The first optimizer of a process costs ~1.4 s in torch 2.13 (its constructor imports torch._dynamo).
+    Pay it before the clock starts, so `wall_seconds` measures the run, not whichever run came first in the
+    process. Constructing one is enough; no step is taken (global step hooks see nothing)."""
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)
 
 
 def _check_finite(

@@ -1,7 +1,7 @@
 """One call that makes a Python run reproducible: seed every generator a model or stream may draw from.
 
-    lifelong.seed(0)                 # before building the model: its initial weights are then fixed
-    model = MLP(stream.input_shape, stream.num_classes)
+lifelong.seed(0)                 # before building the model: its initial weights are then fixed
+model = MLP(stream.input_shape, stream.num_classes)
 """
 
 from __future__ import annotations

@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -30,55 +29,11 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
+from lifelong.atomic import atomic_write_bytes, atomic_write_json, fsync_dir, read_json
 from lifelong.errors import StateError
 
 CHECKPOINTS = "checkpoints"
 LATEST = "LATEST.json"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> str:
-    """Write `data` to `path` atomically; return its SHA-256."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; results and reports are meant to be read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return hashlib.sha256(data).hexdigest()
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> str:
-    return atomic_write_bytes(
-        path, (json.dumps(obj, indent=2, sort_keys=True, allow_nan=True) + "\n").encode()
-    )
-
-
-def read_json(path: str | Path, what: str = "file") -> Any:
-    path = Path(path)
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise StateError(f"{what} {path} does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise StateError(
-            f"{what} {path} is damaged (not valid JSON: {e}); restore it from a backup"
-        ) from None
 
 
 # --- tensors and JSON side by side -----------------------------------------------------------------------
@@ -226,7 +181,7 @@ def save_checkpoint(
     put("rng.safetensors", st_save({k: v.contiguous() for k, v in rng.items()}))
     put("progress.json", _json_bytes(progress))
     os.replace(tmp, final)
-    _fsync_dir(root)
+    fsync_dir(root)
     atomic_write_json(root / LATEST, {"checkpoint": name, "files": files})
     remove_stale_checkpoints(run_dir, keep=name)
     return final

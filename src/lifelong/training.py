@@ -50,9 +50,7 @@ def check_device(device: str) -> None:
     try:
         parsed = torch.device(device)
     except (RuntimeError, ValueError):
-        raise ValueError(
-            f"{device!r} is not a torch device; use 'cpu', 'cuda', 'cuda:N' or 'mps'"
-        ) from None
+        raise ValueError(f"{device!r} is not a torch device; use 'cpu', 'cuda', 'cuda:N' or 'mps'") from None
     if parsed.type == "cpu":
         return
     if parsed.type == "cuda":

@@ -37,7 +37,7 @@ def check_stream_fits_model(stream: Stream, model: nn.Module, objective: Any) ->
     """Features finite, input shape accepted by the model, labels within the model's outputs."""
     for e in stream:
         for split_name, split in (("train", e.train), ("test", e.test)):
-            where = f"experience {e.id} ({split_name} split)"
+            where = f"experience {e.id + 1} ({split_name} split)"
             check_finite(split, where)
             if tuple(split.x.shape[1:]) != tuple(stream.input_shape):
                 raise DataError(
@@ -75,11 +75,13 @@ def check_stream_fits_model(stream: Stream, model: nn.Module, objective: Any) ->
                         "map the labels to 0..K-1 if they are real classes"
                     )
                 raise DataError(
-                    f"experience {e.id} ({split_name} split) has {what} {bad}, but the model has {outputs} "
-                    f"outputs (valid: 0..{outputs - 1}); {fix}"
+                    f"experience {e.id + 1} ({split_name} split) has {what} {bad}, but the model has "
+                    f"{outputs} outputs (valid: 0..{outputs - 1}); {fix}"
                 )
     if stream.kind == "language_modeling":
         for e in stream:
             hi = int(e.train.x.max())
             if hi >= outputs:
-                raise DataError(f"experience {e.id} has token id {hi} but the vocabulary has {outputs} ids")
+                raise DataError(
+                    f"experience {e.id + 1} has token id {hi} but the vocabulary has {outputs} ids"
+                )

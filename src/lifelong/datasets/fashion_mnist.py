@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import IO
 
 import numpy as np
-import torch
 
 from lifelong.datasets.base import Dataset, env_data_dir, user_cache_dir
 from lifelong.errors import DataError, DatasetNotFoundError
@@ -196,6 +195,8 @@ def load_fashion_mnist(root: str | None = None, download: bool = False) -> Datas
         path = _part_path(folder, name)
         assert path is not None  # find() checked it
         parts[part] = read_idx(path, ndim=3 if part.endswith("images") else 1)
+
+    import torch  # here, not at the top: `lifelong datasets` only locates files and must start fast
 
     tensors = []
     for split in ("train", "test"):

@@ -14,12 +14,15 @@ import importlib.util
 import random
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from lifelong.datasets.base import Dataset
 from lifelong.errors import DataError, DatasetNotFoundError
+
+if TYPE_CHECKING:
+    import torch
 
 DIGIT_CLASSES = [str(i) for i in range(10)]
 SPLIT_SEED = 0  # fixed so that every run and every user sees the same train/test split
@@ -73,6 +76,8 @@ def stratified_split(
 
 
 def _split_images(name: str, x: np.ndarray, y: np.ndarray, test_fraction: float, source: str) -> Dataset:
+    import torch  # in the loaders only: listing the sources must not import torch
+
     train_idx, test_idx = stratified_split(y, test_fraction)
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     yt = torch.from_numpy(np.asarray(y, dtype=np.int64))
@@ -118,6 +123,8 @@ def load_mnist1d(num_samples: int = 5000, seed: int = 42) -> Dataset:
     finally:
         random.setstate(py_state)
         np.random.set_state(np_state)
+
+    import torch
 
     def tensors(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.int64))

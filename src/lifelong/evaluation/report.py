@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from lifelong.atomic import atomic_write_bytes
 from lifelong.errors import DataError, StateError
-from lifelong.state import atomic_write_bytes
 
 __all__ = [
     "plot_matrix",

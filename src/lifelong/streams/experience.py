@@ -135,21 +135,22 @@ class Stream:
         for e in self.experiences:
             if len(e.train) == 0:
                 raise DataError(
-                    f"experience {e.id} of stream {self.name!r} has an empty training split; "
+                    f"experience {e.id + 1} of stream {self.name!r} has an empty training split; "
                     "remove it or give it data (check the class order, file or filter that produced it)"
                 )
             if len(e.test) == 0:
                 raise DataError(
-                    f"experience {e.id} of stream {self.name!r} has an empty test split; every experience "
-                    "needs test data for the accuracy matrix (raise test_fraction or add test rows)"
+                    f"experience {e.id + 1} of stream {self.name!r} has an empty test split; every "
+                    "experience needs test data for the accuracy matrix (raise test_fraction or add test "
+                    "rows)"
                 )
             for split_name, split in (("train", e.train), ("test", e.test)):
                 if split.y.is_floating_point() or split.y.is_complex():
                     what = "class labels 0..K-1" if self.kind == "classification" else "token ids"
                     raise DataError(
-                        f"experience {e.id} ({split_name} split) of stream {self.name!r} has labels of dtype "
-                        f"{split.y.dtype}; {self.kind} needs integer {what} (y.long() if they are whole "
-                        "numbers; a regression target does not fit this stream)"
+                        f"experience {e.id + 1} ({split_name} split) of stream {self.name!r} has labels of "
+                        f"dtype {split.y.dtype}; {self.kind} needs integer {what} (y.long() if they are "
+                        "whole numbers; a regression target does not fit this stream)"
                     )
         if self.kind == "classification":
             _warn_about_classes(self)
@@ -193,7 +194,7 @@ def _warn_about_classes(stream: Stream) -> None:
     tested: dict[int, list[str]] = {}
     for e in stream:
         train += _counts(e.train.y, size)
-        where = f"{e.id}" if e.domain is None else f"{e.id} ({e.domain})"
+        where = f"{e.id + 1}" if e.domain is None else f"{e.id + 1} ({e.domain})"  # 1-based, as displayed
         for c in np.flatnonzero(_counts(e.test.y, size)):
             tested.setdefault(int(c), []).append(where)
     names = stream.info.get("label_names")
