@@ -119,8 +119,8 @@ def test_run_writes_events_plots_and_report(small_run):
     events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
     kinds = [e["event"] for e in events]
     assert kinds[0] == "start" and kinds.count("experience_end") == 3 and "eval" in kinds
-    assert (out / "plots" / "matrix.png").read_bytes().startswith(b"\x89PNG")
-    assert (out / "plots" / "curves.png").read_bytes().startswith(b"\x89PNG")
+    assert (out / "plots" / "curves.png").read_bytes().startswith(b"\x89PNG")  # evaluated in between
+    assert not (out / "plots" / "matrix.png").exists()  # the page's HTML heatmap; `report` draws the PNG
     html = (out / "report.html").read_text()
     assert html.lstrip().lower().startswith("<!doctype html>") and "replay" in html
     # the terminal shows the matrix and the summary, and where the files are
@@ -132,7 +132,7 @@ def test_run_writes_events_plots_and_report(small_run):
 def test_report_rewrites_the_report(small_run):
     out, _ = small_run
     (out / "report.html").unlink()
-    (out / "plots" / "matrix.png").unlink()
+    assert not (out / "plots" / "matrix.png").exists()  # the run's page has the matrix as an HTML heatmap
     result = invoke("report", out)
     assert result.exit_code == 0, result.output
     assert (out / "report.html").exists() and (out / "plots" / "matrix.png").exists()
@@ -164,8 +164,8 @@ def test_run_defaults_to_runs_config_name(tmp_path, monkeypatch):
     result = invoke("run", config, "--no-progress")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "runs" / "two" / "results.json").exists()
-    assert (tmp_path / "runs" / "two" / "plots" / "matrix.png").exists()
-    assert not (tmp_path / "runs" / "two" / "plots" / "curves.png").exists()  # no evaluations in between
+    assert (tmp_path / "runs" / "two" / "report.html").exists()
+    assert not (tmp_path / "runs" / "two" / "plots").exists()  # no evaluations in between: nothing drawn
 
 
 def test_datasets_lists_every_source_with_its_location():

@@ -5,6 +5,8 @@ run here is a hand-written results.json in tmp_path; nothing is trained."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import math
 import re
 from pathlib import Path
@@ -128,7 +130,7 @@ def test_curves_draw_gaps_for_missing_values(tmp_path):
     assert [math.isnan(v) for v in curves["exp 3"].get_ydata()] == [True, False, False]  # a gap at step 0
     assert [math.isnan(v) for v in curves["exp 2"].get_ydata()] == [False, True, False]
     page = write_report(make_run(tmp_path, CONTINUED, events=events)).read_text(encoding="utf-8")
-    assert page.count("data:image/png;base64,") == 2
+    assert page.count("data:image/png;base64,") == 1  # the curves (the matrix is an HTML heatmap)
 
 
 # ------------------------------------------------------------------------- class names, per class, confusion
@@ -157,8 +159,13 @@ def test_confusion_heatmap_has_class_names_and_counts(tmp_path):
     run = make_run(tmp_path, classification_results())
     page = write_report(run).read_text(encoding="utf-8")
     assert (run / "plots" / "confusion.png").read_bytes().startswith(b"\x89PNG")
-    assert "<h2>Confusion matrix</h2>" in page and "confusion matrix after experience 3" in page
-    assert page.count("data:image/png;base64,") == 2  # matrix and confusion (no eval events)
+    assert "<h2>Confusion matrix</h2>" in page and "after the last one (experience 3)" in page
+    assert page.count("data:image/png;base64,") == 0  # HTML heatmaps; the PNGs are files in plots/
+    table = page[page.index('<table class="confusion">') :]
+    table = table[: table.index("</table>")]
+    assert all(f"<th>{name}</th>" in table for name in LABELS)
+    counts = classification_results()["confusion"][-1]
+    assert table.count("<td ") == len(LABELS) ** 2 and f">{counts[0][0]}<" in table
 
     counts = classification_results()["confusion"][-1]
     import numpy as np
@@ -350,3 +357,28 @@ def test_fifteen_experiences_stay_readable(tmp_path):
 
     # 30 classes: named on the confusion axes, no numbers in the cells
     assert (run / "plots" / "confusion.png").exists()
+
+
+def test_a_page_without_curves_draws_nothing_and_needs_no_matplotlib(tmp_path):
+    """The end of every run writes the page: heatmaps are HTML, so only curves need matplotlib."""
+    run = tmp_path / "run"
+    run.mkdir()
+    results = {
+        "metric": "accuracy",
+        "matrix": [[0.9, 0.1], [0.5, 0.8]],
+        "summary": {"acc": 0.65, "bwt": -0.4, "fwt": None, "forgetting": 0.4, "plasticity": 0.85},
+        "wall_seconds": 1.0,
+        "label_names": ["cat", "dog"],
+        "confusion": [[[9, 1], [5, 5]], [[8, 2], [2, 8]]],
+        "per_class_accuracy": [[0.9, 0.5], [0.8, 0.8]],
+    }
+    (run / "results.json").write_text(json.dumps(results))
+    code = (
+        "import sys; from lifelong.evaluation.report import write_report; "
+        f"write_report({str(run)!r}, plots=False); print('matplotlib' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+    html = (run / "report.html").read_text()
+    assert 'class="confusion"' in html and ">cat<" in html and "80.0 % of the class" in html
+    assert not (run / "plots").exists()

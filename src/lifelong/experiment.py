@@ -201,7 +201,7 @@ def resume(run_dir: str | Path, progress: bool = True) -> Results:
         if not (run_dir / "report.html").exists():
             from lifelong.evaluation.report import write_report
 
-            write_report(run_dir)
+            write_report(run_dir, plots=False)
         return Results.from_dict(read_json(run_dir / "results.json", "results"))
     learner, stream = build_learner(cfg, run_dir, progress)
     return learner.run(stream, resume=True)

@@ -192,7 +192,7 @@ class Learner:
         if self.run_dir is not None and self.write_report:
             from lifelong.evaluation.report import write_report
 
-            write_report(self.run_dir)
+            write_report(self.run_dir, plots=False)  # the page; `lifelong report` also draws PNGs
         return results
 
     def config(self, stream: Stream) -> dict[str, Any]:

@@ -405,6 +405,64 @@ def _cmap_and_norm(metric: str, values: np.ndarray) -> tuple[Any, Any, bool]:
     return cmap, Normalize(lo, hi if hi > lo else lo + 1.0), False
 
 
+# matplotlib's viridis and Blues sampled at 9 points: HTML heatmap cells are coloured by interpolating these,
+# so a page without line plots needs no matplotlib (importing and drawing it is most of a report's cost)
+_ANCHORS = {
+    "viridis": [
+        "#440154",
+        "#472d7b",
+        "#3b528b",
+        "#2c728e",
+        "#21918c",
+        "#28ae80",
+        "#5ec962",
+        "#addc30",
+        "#fde725",
+    ],
+    "Blues": [
+        "#f7fbff",
+        "#deebf7",
+        "#c6dbef",
+        "#9dcae1",
+        "#6aaed6",
+        "#4191c6",
+        "#2070b4",
+        "#08509b",
+        "#08306b",
+    ],
+}
+
+
+def _lut(name: str, values: np.ndarray) -> np.ndarray:
+    """RGBA colours `[..., 4]` of `values` in [0, 1] (NaN: grey) on the colormap `name` (reversed: `_r`)."""
+    reverse = name.endswith("_r")
+    anchors = np.array(
+        [[int(h[i : i + 2], 16) / 255 for i in (1, 3, 5)] for h in _ANCHORS[name.removesuffix("_r")]]
+    )
+    if reverse:
+        anchors = anchors[::-1]
+    t = np.clip(np.nan_to_num(values, nan=0.0), 0.0, 1.0) * (len(anchors) - 1)
+    low = np.minimum(np.floor(t).astype(int), len(anchors) - 2)
+    frac = (t - low)[..., None]
+    rgb = anchors[low] * (1 - frac) + anchors[low + 1] * frac
+    rgb[np.isnan(values)] = [0xD9 / 255] * 3
+    return np.concatenate([rgb, np.ones((*rgb.shape[:-1], 1))], axis=-1)
+
+
+def _table_colors(metric: str, values: np.ndarray) -> np.ndarray:
+    """The heatmap colours of matrix cells (values scaled for display), as `_cmap_and_norm` would give."""
+    finite = values[np.isfinite(values)]
+    if metric == "accuracy":
+        return _lut("viridis", values / 100.0)
+    if finite.size == 0:
+        return _lut("viridis_r", np.zeros_like(values))
+    lo, hi = float(finite.min()), float(finite.max())
+    if lo > 0 and hi / lo > 20:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return _lut("viridis_r", (np.log(values) - math.log(lo)) / (math.log(hi) - math.log(lo)))
+    return _lut("viridis_r", (values - lo) / (hi - lo if hi > lo else 1.0))
+
+
 def _text_color(rgba: tuple[float, ...]) -> str:
     r, g, b = rgba[:3]
     return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
@@ -805,8 +863,7 @@ def _matrix_table(results: Mapping[str, Any]) -> str:
     nrows, ncols = r.shape
     names = _names(results, max(nrows, ncols))
     initial = _initial(results, ncols)
-    cmap, norm, _ = _cmap_and_norm(metric, r * _scale(metric))
-    colors = cmap(norm(np.ma.masked_invalid(r * _scale(metric))))  # the heatmap's colours, in one call
+    colors = _table_colors(metric, r * _scale(metric))  # the heatmap's colours, in one call
 
     def cell(i: int, j: int) -> str:
         v, style = cells[i][j], ""
@@ -850,6 +907,30 @@ def _matrix_table(results: Mapping[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _confusion_table(counts: np.ndarray, class_names: list[str]) -> str:
+    """The confusion matrix as an HTML heatmap: rows true, columns predicted, each cell coloured by its
+    share of the true class's samples and showing the count (the share on hover)."""
+    k = counts.shape[0]
+    totals = counts.sum(axis=1, keepdims=True)
+    share = np.divide(counts, totals, out=np.full(counts.shape, math.nan), where=totals > 0)
+    colors = _lut("Blues", share)
+    names = [_short(n, _CLASS_CHARS) for n in class_names]
+    out = [
+        '<div class="scroll"><table class="confusion">',
+        "<tr><th>true ↓ / predicted →</th>" + "".join(f"<th>{_e(n)}</th>" for n in names) + "</tr>",
+    ]
+    for i in range(k):
+        cells = []
+        for j in range(k):
+            rgba = tuple(colors[i, j])
+            style = f"background:{_hex(rgba)};color:{_text_color(rgba)}"
+            hint = "no test sample" if math.isnan(share[i, j]) else f"{100 * share[i, j]:.1f} % of the class"
+            cells.append(_num_td(f"{int(counts[i, j])}", hint, "diag" if i == j else "", style))
+        out.append(f"<tr><th>{_e(names[i])}</th>" + "".join(cells) + "</tr>")
+    out.append("</table></div>")
+    return "\n".join(out)
+
+
 def _per_class_table(results: Mapping[str, Any]) -> str | None:
     """Accuracy of each class (rows, with its name) after each experience (columns), or None without it."""
     rows, problem = _per_class(results)
@@ -860,8 +941,7 @@ def _per_class_table(results: Mapping[str, Any]) -> str | None:
     k = len(rows[0])
     names = _class_names(results, k)
     shown = np.array([[math.nan if v is None else v * 100.0 for v in row] for row in rows])
-    cmap, norm, _ = _cmap_and_norm("accuracy", shown)
-    colors = cmap(norm(np.ma.masked_invalid(shown)))
+    colors = _table_colors("accuracy", shown)
 
     def cell(i: int, c: int) -> str:
         v = rows[i][c]
@@ -952,12 +1032,15 @@ def _config_json(config: Any) -> str:
 # ------------------------------------------------------------------------------------------ public pages
 
 
-def write_report(run_dir: str | os.PathLike[str]) -> Path:
-    """Write `run_dir/report.html` and `run_dir/plots/{matrix,curves,confusion}.png` from the run's files.
+def write_report(run_dir: str | os.PathLike[str], plots: bool = True) -> Path:
+    """Write `run_dir/report.html` from the run's files, and with `plots` the figures as PNG files for use
+    outside the page: `run_dir/plots/{matrix,confusion,curves}.png`.
 
-    `curves.png` is drawn only when `events.jsonl` holds eval events, `confusion.png` only when
-    results.json has a confusion matrix. Raises StateError when `results.json` is missing (the run has
-    not finished) or damaged. Returns the HTML page's path.
+    The page shows the matrix and the confusion matrix as HTML heatmaps (exact values on hover) and embeds
+    the curves (drawn only when `events.jsonl` holds eval events); without `plots` and without eval events
+    no figure is drawn, so matplotlib is not even imported (the end of every run writes the page this way).
+    Raises StateError when `results.json` is missing (the run has not finished) or damaged. Returns the
+    HTML page's path.
     """
     run_dir = Path(run_dir)
     results = _load_results(run_dir)
@@ -966,17 +1049,17 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
     method = str(results.get("method", "unknown method"))
     nrows, ncols = len(results["matrix"]), len(results["matrix"][0])
 
-    matrix_png = _png(_matrix_figure(results))
-    atomic_write_bytes(run_dir / "plots" / "matrix.png", matrix_png)
     curves_png = _curves_png(results, events)
+    counts, confusion_problem = _last_confusion(results)
+    class_names = None if counts is None else _class_names(results, counts.shape[0])
+    if plots:
+        atomic_write_bytes(run_dir / "plots" / "matrix.png", _png(_matrix_figure(results)))
+        if counts is not None and class_names is not None:
+            after = len(results["confusion"])
+            figure = _confusion_figure(counts, class_names, after)
+            atomic_write_bytes(run_dir / "plots" / "confusion.png", _png(figure))
     if curves_png is not None:
         atomic_write_bytes(run_dir / "plots" / "curves.png", curves_png)
-    counts, confusion_problem = _last_confusion(results)
-    confusion_png = None
-    if counts is not None:
-        after = len(results["confusion"])
-        confusion_png = _png(_confusion_figure(counts, _class_names(results, counts.shape[0]), after))
-        atomic_write_bytes(run_dir / "plots" / "confusion.png", confusion_png)
 
     meta: list[tuple[str, Any]] = [
         ("method", method),
@@ -1001,19 +1084,17 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
         _summary_table(results),
         "<h2>Matrix</h2>",
         _matrix_table(results),
-        _img(matrix_png, f"{metric} matrix heatmap"),
     ]
     per_class = _per_class_table(results)
     if per_class is not None:
         body += ["<h2>Per-class accuracy</h2>", per_class]
-    if confusion_png is not None:
+    if counts is not None and class_names is not None:
         body += [
             "<h2>Confusion matrix</h2>",
-            _img(confusion_png, f"confusion matrix after experience {len(results['confusion'])}"),
+            _confusion_table(counts, class_names),
             '<p class="note">Rows: the true class; columns: the predicted class, over the test sets of all '
-            "experiences after the last one. The colour is the share of the true class's test samples "
-            f"(each row adds up to 100 %); counts are written in the cells up to {_CONFUSION_ANNOTATED} "
-            "classes.</p>",
+            f"experiences after the last one (experience {len(results['confusion'])}); each cell holds the count, coloured by its share of the true "
+            "class's test samples (each row adds up to 100 %; the share on hover).</p>",
         ]
     elif confusion_problem is not None:
         body.append(f'<p class="note">{_e(confusion_problem)} in results.json; no confusion plot.</p>')
