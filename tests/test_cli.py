@@ -135,7 +135,10 @@ def test_report_rewrites_the_report(small_run):
     assert not (out / "plots" / "matrix.png").exists()  # the run's page has the matrix as an HTML heatmap
     result = invoke("report", out)
     assert result.exit_code == 0, result.output
-    assert (out / "report.html").exists() and (out / "plots" / "matrix.png").exists()
+    assert (out / "report.html").exists() and not (out / "plots" / "matrix.png").exists()
+    result = invoke("report", out, "--plots")
+    assert result.exit_code == 0, result.output
+    assert (out / "plots" / "matrix.png").read_bytes().startswith(b"\x89PNG")
     assert f"report: {out / 'report.html'}" in result.stdout
     assert "ACC " in result.stdout  # and prints the run's figures again
 

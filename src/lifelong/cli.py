@@ -331,8 +331,12 @@ def report(
         Path | None,
         typer.Option(help="with several runs: folder of the comparison (default: runs/compare-<time>)"),
     ] = None,
+    plots: Annotated[
+        bool, typer.Option(help="also draw plots/matrix.png and plots/confusion.png (for slides, papers)")
+    ] = False,
 ) -> None:
-    """(Re)write the plots and report.html of a run, or one page comparing several runs."""
+    """(Re)write report.html of a run (and with --plots its figures as PNG files), or one page comparing
+    several runs."""
     from lifelong.evaluation.report import write_comparison_report, write_report
 
     if len(run_dirs) == 1 and out is not None:
@@ -340,7 +344,7 @@ def report(
     names = _unique_names(run_dirs)
     try:
         if len(run_dirs) == 1:
-            path = write_report(run_dirs[0])
+            path = write_report(run_dirs[0], plots=plots)
         else:
             out = out or Path("runs") / time.strftime("compare-%Y%m%d-%H%M%S")
             path = write_comparison_report(dict(zip(names, run_dirs, strict=True)), out)

