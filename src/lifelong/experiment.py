@@ -19,10 +19,11 @@ from lifelong.config import RunConfig, load_config, parse_config
 from lifelong.datasets import Dataset, TextCorpus
 from lifelong.errors import ConfigError, DataError, StateError
 from lifelong.imports import accepts, method_class
-from lifelong.learner import RUN_INFO, Learner, Results
+from lifelong.learner import Learner, Results
 from lifelong.loggers import build_loggers
 from lifelong.methods import Method
 from lifelong.models import build_model
+from lifelong.run_directory import RUN_INFO
 from lifelong.state import read_json
 from lifelong.streams import from_files, scenarios, text_domains
 from lifelong.streams.experience import Stream

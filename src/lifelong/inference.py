@@ -27,9 +27,10 @@ from torch import nn
 
 from lifelong import state as st
 from lifelong.errors import DataError, StateError
-from lifelong.learner import RUN_INFO, Predicting
+from lifelong.learner import Predicting
 from lifelong.methods.base import Method, overrides
 from lifelong.objectives import Classification
+from lifelong.run_directory import RUN_INFO
 from lifelong.streams.experience import Stream
 
 __all__ = ["TrainedModel", "load", "predict_file", "read_inputs"]
