@@ -33,21 +33,7 @@ def build_stream(cfg: RunConfig) -> Stream:
     sc = cfg.scenario
     if sc.type == "files":
         assert sc.path is not None
-        return from_files(
-            sc.path,
-            label_column=sc.label_column,
-            format=sc.format,
-            test_fraction=sc.test_fraction,
-            seed=sc.seed,
-            feature_columns=sc.feature_columns,
-            task_column=sc.task_column,
-            exclude_columns=sc.exclude_columns,
-            id_column=sc.id_column,
-            time_column=sc.time_column,
-            split_by=sc.split_by,
-            normalize=sc.normalize,
-            layout=sc.layout,
-        )
+        return from_files(sc.path, **_table_options(cfg))
     assert cfg.data is not None
     source = datasets.load(cfg.data.name, **_load_options(cfg))
     if sc.type == "domains":  # the config checked that text sources go with this scenario only
@@ -71,6 +57,12 @@ def build_stream(cfg: RunConfig) -> Stream:
     if sc.type == "permuted":
         return scenarios.permuted(ds, n, sc.seed)
     return scenarios.rotated(ds, n, sc.angles, sc.seed)
+
+
+def _table_options(cfg: RunConfig) -> dict[str, Any]:
+    """The `from_files` options a `files` scenario sets: every scenario key `from_files` takes but `path`."""
+    accepted = inspect.signature(from_files).parameters
+    return {k: v for k, v in cfg.scenario.model_dump().items() if k in accepted and k != "path"}
 
 
 def _load_options(cfg: RunConfig) -> dict[str, Any]:
@@ -146,16 +138,14 @@ def _new_experiences(cfg: RunConfig, stream: Stream, path: str) -> Stream:
             "this run's stream has task labels (task-incremental): new files would have none; start a new run"
         )
     sc = cfg.scenario
-    accepted = inspect.signature(from_files).parameters
-    options: dict[str, Any] = {"test_fraction": sc.test_fraction, "seed": sc.seed}
-    if sc.type == "files":  # the same table options as the run's own files
-        fields = sc.model_dump()
-        options.update({k: v for k, v in fields.items() if k in accepted and k not in ("path",)})
-    names = stream.info.get("label_names") or list(range(stream.num_classes))
-    options["label_names"] = list(names)
+    # the same table options as the run's own files (a run on a built-in data set: the defaults)
+    options: dict[str, Any] = (
+        _table_options(cfg) if sc.type == "files" else {"test_fraction": sc.test_fraction, "seed": sc.seed}
+    )
+    options["label_names"] = list(stream.info.get("label_names") or range(stream.num_classes))
     if stream.info.get("normalizer") is not None:
         options["normalizer"] = stream.info["normalizer"]
-    new = from_files(path, **{k: v for k, v in options.items() if k in accepted})
+    new = from_files(path, **options)
     if tuple(new.input_shape) != tuple(stream.input_shape):
         raise DataError(
             f"{path}: samples have shape {tuple(new.input_shape)} but the run's model takes "
