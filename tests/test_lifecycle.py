@@ -412,7 +412,7 @@ def test_ctrl_c_prints_where_to_resume_and_exits_130(months):
     config = months / "run.yaml"
     config.write_text(
         "scenario: {type: files, path: data}\nmodel: {name: mlp, hidden: [16]}\n"
-        "train: {epochs: 400, lr: 0.01, checkpoint_every: 5}\n"
+        "train: {epochs: 100000, lr: 0.01, checkpoint_every: 20}\n"  # far longer than the test waits
     )
     out = months / "run"
     proc = subprocess.Popen(
@@ -426,6 +426,9 @@ def test_ctrl_c_prints_where_to_resume_and_exits_130(months):
     while not (out / "checkpoints" / "LATEST.json").exists() and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
     assert proc.returncode == 130, err
     assert f"lifelong resume {out}" in err and "Traceback" not in err
