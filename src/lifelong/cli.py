@@ -213,7 +213,7 @@ def run(
     ] = False,
     progress: Progress = True,
 ) -> None:
-    """Train and evaluate the run a config describes; write results.json, events, plots and report.html."""
+    """Train and evaluate the run a config describes; write results.json, events.jsonl and report.html."""
     out = out or Path("runs") / config.stem
     if out.exists() and not out.is_dir():
         _fail(f"--out {out} is a file, not a run directory; name a folder (new or a run directory)")

@@ -3,11 +3,12 @@
 A run directory:
 
     config.json            the run's config (a run directory belongs to exactly one config)
+    run.json               origin, initial weights' hash, the stream's fingerprint (`run_directory.py`)
     checkpoints/LATEST.json   which checkpoint is complete, and the SHA-256 of each of its files
     checkpoints/step-000123/  model.safetensors, optimizer.{safetensors,json}, method-<i>-<name>.{...},
                               rng.safetensors, progress.json
-    events.jsonl           one line per evaluation / checkpoint
-    results.json           written once the run ends
+    events.jsonl           one line per training log, evaluation, experience end, checkpoint
+    results.json           written once the run ends; report.html beside it
 
 Every file is written to a temporary name, fsynced and renamed, so a reader sees the old file or the new one,
 never half of one. A checkpoint becomes current only when `LATEST.json` (itself written atomically) names
