@@ -421,6 +421,9 @@ def test_ctrl_c_prints_where_to_resume_and_exits_130(months):
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
+        # a pytest-xdist worker ignores SIGINT, and a child inherits that (Python then installs no
+        # KeyboardInterrupt handler): give the command the disposition a terminal gives it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 120
     while not (out / "checkpoints" / "LATEST.json").exists() and time.time() < deadline:
