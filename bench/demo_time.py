@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from docsection import write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,16 +49,7 @@ def main() -> None:
     )
     print(line)
     if not args.no_write:
-        path = ROOT / "docs" / "BENCHMARKS.md"
-        text = path.read_text() if path.exists() else "# Benchmarks\n"
-        start, end = "<!-- demo:start -->", "<!-- demo:end -->"
-        if start in text:
-            text = re.sub(
-                re.escape(start) + ".*?" + re.escape(end), start + "\n" + line + end, text, flags=re.S
-            )
-        else:
-            text += f"\n## Demo wall time\n\n{start}\n{line}{end}\n"
-        path.write_text(text)
+        write_section(ROOT / "docs" / "BENCHMARKS.md", "demo", line, "## Demo wall time")
 
 
 if __name__ == "__main__":

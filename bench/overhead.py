@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from docsection import write_section as write_marked
 
 from lifelong import datasets
 from lifelong.learner import Learner, _mix
@@ -210,20 +211,13 @@ def main() -> None:
 
 def write_section(result: dict) -> None:
     path = ROOT / "docs" / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
     body = (
         f"Measured {result['date']} with `{result['command']}` "
         f"({result['machine']}, torch {result['torch']}); "
         f"median of {len(next(iter(result['times'].values())))} interleaved repeats.\n\n{result['table']}\n\n"
         f"Same final accuracies as the hand-written loop (same arithmetic): {result['identical_results']}.\n"
     )
-    start, end = "<!-- overhead:start -->", "<!-- overhead:end -->"
-    if start in text:
-        head, rest = text.split(start, 1)
-        text = head + start + "\n" + body + end + rest.split(end, 1)[1]
-    else:
-        text += f"\n## Framework overhead\n\n{start}\n{body}{end}\n"
-    path.write_text(text)
+    write_marked(path, "overhead", body, "## Framework overhead")
 
 
 if __name__ == "__main__":

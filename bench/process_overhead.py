@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from docsection import write_section as write_marked
+
 ROOT = Path(__file__).resolve().parents[1]
 LIFELONG = str(Path(sys.executable).with_name("lifelong"))
 
@@ -86,7 +88,6 @@ def main() -> None:
 
 def write_section(table: str, times: dict[str, list[float]], ratio: float) -> None:
     path = ROOT / "docs" / "BENCHMARKS.md"
-    text = path.read_text()
     repeats = len(next(iter(times.values())))
     each = "; ".join(f"{k}: {', '.join(f'{t:.2f}' for t in v)}" for k, v in times.items())
     body = (
@@ -94,20 +95,16 @@ def write_section(table: str, times: dict[str, list[float]], ratio: float) -> No
         f"(median of {repeats} interleaved repeats, each a fresh process):\n\n{table}\n\n"
         f"Whole-process ratio: **{ratio:.3f}x** (target 1.10x). Every repeat, in seconds: {each}.\n"
     )
-    start, end = "<!-- process:start -->", "<!-- process:end -->"
-    if start in text:
-        head, rest = text.split(start, 1)
-        text = head + start + "\n" + body + end + rest.split(end, 1)[1]
-    else:
-        text += (
-            "\n## `lifelong run` as a whole process\n\n"
-            "`bench/process_overhead.py` times `lifelong run` on Split Fashion-MNIST (naive, MLP 2x400) from "
-            "process start to exit, against a hand-written script doing the same job "
-            "(`bench/handwritten/split_fmnist_naive.py`): imports, data, training, evaluation and output "
-            "included.\n\n"
-            f"{start}\n{body}{end}\n"
-        )
-    path.write_text(text)
+    write_marked(
+        path,
+        "process",
+        body,
+        "## `lifelong run` as a whole process",
+        "`bench/process_overhead.py` times `lifelong run` on Split Fashion-MNIST (naive, MLP 2x400) from "
+        "process start to exit, against a hand-written script doing the same job "
+        "(`bench/handwritten/split_fmnist_naive.py`): imports, data, training, evaluation and output "
+        "included.",
+    )
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from docsection import write_section
+
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "bench" / "results" / "reproduce.jsonl"
 RESULTS_MD = ROOT / "docs" / "RESULTS.md"
@@ -446,11 +448,7 @@ def report(cache: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
 
 
 def write_report(text: str) -> None:
-    start, end = "<!-- reproduce:start -->", "<!-- reproduce:end -->"
-    old = RESULTS_MD.read_text() if RESULTS_MD.exists() else f"# Results\n\n{start}\n{end}\n"
-    head, rest = old.split(start, 1)
-    tail = rest.split(end, 1)[1]
-    RESULTS_MD.write_text(f"{head}{start}\n{text}\n{end}{tail}")
+    write_section(RESULTS_MD, "reproduce", text, "# Results")
 
 
 def main(argv: list[str] | None = None) -> None:

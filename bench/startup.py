@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from docsection import write_section
+
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_S = 0.5  # --help, -h, --version, datasets and report; drawing with matplotlib costs what it costs
 RUN_CONFIG = """\
@@ -116,25 +118,11 @@ def main() -> None:
         f"Measured {time.strftime('%Y-%m-%d')} with `python bench/startup.py --repeats {args.repeats}` "
         f"({platform.machine()}, Python {platform.python_version()}); median of {args.repeats} runs, "
         f"commands interleaved. Target: under {TARGET_S} s for --help, -h, --version, datasets and report "
-        "(a run's page; drawing curves or PNG files imports matplotlib).\n\n"
-        + "\n".join(rows)
-        + "\n"
+        "(a run's page; drawing curves or PNG files imports matplotlib).\n\n" + "\n".join(rows) + "\n"
     )
     print(section)
     if not args.no_write:
-        path = ROOT / "docs" / "BENCHMARKS.md"
-        text = path.read_text()
-        start, end = "<!-- startup:start -->", "<!-- startup:end -->"
-        if start in text:
-            text = re.sub(
-                re.escape(start) + ".*?" + re.escape(end),
-                lambda _: f"{start}\n{section}{end}",
-                text,
-                flags=re.S,
-            )
-        else:
-            text += f"\n## CLI start-up\n\n{start}\n{section}{end}\n"
-        path.write_text(text)
+        write_section(ROOT / "docs" / "BENCHMARKS.md", "startup", section, "## CLI start-up")
 
 
 if __name__ == "__main__":
