@@ -66,8 +66,8 @@ def files_config(path: Path, **train) -> dict:
     }
 
 
-def interrupt_after_first_checkpoint(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make the next run stop as a Ctrl-C would, right after its first checkpoint."""
+def stop_after_first_checkpoint(cfg, out: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run `cfg` into `out` and stop it as a Ctrl-C would, right after its first checkpoint."""
     original = Learner._checkpoint
 
     def checkpoint_then_stop(self, *args, **kwargs):
@@ -75,6 +75,9 @@ def interrupt_after_first_checkpoint(monkeypatch: pytest.MonkeyPatch) -> None:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(Learner, "_checkpoint", checkpoint_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        run_config(cfg, out, progress=False)
+    monkeypatch.undo()
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -87,10 +90,7 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 def test_resume_refuses_a_stream_whose_file_was_deleted(months, monkeypatch):
     cfg = parse_config(files_config(months / "data"))
-    interrupt_after_first_checkpoint(monkeypatch)
-    with pytest.raises(KeyboardInterrupt):
-        run_config(cfg, months / "run", progress=False)
-    monkeypatch.undo()
+    stop_after_first_checkpoint(cfg, months / "run", monkeypatch)
     (months / "data" / "m3.csv").unlink()
     with pytest.raises(StateError, match=r"had 3 experiences and now has 2: 'm3' is missing"):
         resume(months / "run", progress=False)
@@ -103,10 +103,7 @@ def test_resume_refuses_a_stream_whose_file_was_deleted(months, monkeypatch):
 
 def test_resume_refuses_changed_content_naming_the_experience(months, monkeypatch):
     cfg = parse_config(files_config(months / "data"))
-    interrupt_after_first_checkpoint(monkeypatch)
-    with pytest.raises(KeyboardInterrupt):
-        run_config(cfg, months / "run", progress=False)
-    monkeypatch.undo()
+    stop_after_first_checkpoint(cfg, months / "run", monkeypatch)
     edited = table(120, ["dog", "emu"], 2)
     edited.loc[5, "a"] += 1.0
     edited.to_csv(months / "data" / "m2.csv", index=False)
@@ -156,10 +153,7 @@ def test_continue_refuses_new_classes_and_unfinished_or_python_runs(months, tmp_
         continue_run(months / "run", [tmp_path / "nothing.csv"], progress=False)
     assert (months / "run" / "results.json").exists()  # nothing lost by the refused commands
 
-    interrupt_after_first_checkpoint(monkeypatch)
-    with pytest.raises(KeyboardInterrupt):
-        run_config(parse_config(files_config(months / "data")), months / "half", progress=False)
-    monkeypatch.undo()
+    stop_after_first_checkpoint(parse_config(files_config(months / "data")), months / "half", monkeypatch)
     with pytest.raises(StateError, match="has not finished"):
         continue_run(months / "half", [months / "new" / "m4.csv"], progress=False)
 

@@ -32,6 +32,8 @@ from lifelong.methods.base import Method, overrides
 from lifelong.objectives import Classification
 from lifelong.run_directory import RUN_INFO
 from lifelong.streams.experience import Stream
+from lifelong.streams.files import _file_format
+from lifelong.streams.tables import Part, _read_frame
 
 __all__ = ["TrainedModel", "load", "predict_file", "read_inputs"]
 
@@ -190,24 +192,16 @@ def _from_config(run_dir: Path, shape: dict[str, Any]) -> tuple[nn.Module, list[
 _TABLES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 
 
-def _format(path: Path) -> str:
-    suffixes = [s.lower() for s in path.suffixes]
-    if suffixes and suffixes[-1] == ".npz":
-        return "npz"
-    if suffixes and suffixes[-1] in _TABLES:
-        return _TABLES[suffixes[-1]]
-    if len(suffixes) >= 2 and suffixes[-1] in (".gz", ".bz2", ".xz", ".zst") and suffixes[-2] in _TABLES:
-        return _TABLES[suffixes[-2]]
-    raise DataError(f"{path}: unsupported file type; use .csv, .jsonl, .parquet or .npz")
-
-
 def read_inputs(trained: TrainedModel, path: str | Path) -> tuple[np.ndarray, list[Any] | None]:
     """The features of every row of `path` (CSV, JSONL, Parquet or NPZ) in the run's layout, and the rows'
     ids (from the run's `id_column`, when the file has it)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path} does not exist (or is not a file); give the file to predict on")
-    fmt = _format(path)
+    found = _file_format(path, None)  # the formats and compressions the stream's files may have
+    if found is None:
+        raise DataError(f"{path}: unsupported file type; use .csv, .jsonl, .parquet or .npz")
+    fmt = found[0]
     if fmt == "npz":
         with np.load(path, allow_pickle=False) as z:
             if "x" not in z.files:
@@ -220,15 +214,7 @@ def read_inputs(trained: TrainedModel, path: str | Path) -> tuple[np.ndarray, li
         return x, ids
     import pandas as pd
 
-    try:
-        if fmt == "csv":
-            df = pd.read_csv(path)
-        elif fmt == "jsonl":
-            df = pd.read_json(path, lines=True)
-        else:
-            df = pd.read_parquet(path)
-    except Exception as e:  # parser errors differ per format; the cause is kept
-        raise DataError(f"could not read {path} as {fmt.upper()}: {e}") from e
+    df = _read_frame(Part(path, fmt, str(path)))
     df.columns = [str(c) for c in df.columns]
     columns = trained_columns(trained)
     id_column = columns.get("id")
