@@ -39,6 +39,7 @@ from lifelong.imports import (
     model_class,
 )
 from lifelong.methods import ewc, l2, mas, si
+from lifelong.streams.timesplit import PERIODS
 from lifelong.training import TrainConfig
 
 
@@ -100,7 +101,7 @@ class ScenarioConfig(Strict):
     @field_validator("split_by")
     @classmethod
     def _period_or_chunks(cls, value: str | int | None) -> str | int | None:
-        periods = ("year", "quarter", "month", "week", "day")
+        periods = tuple(PERIODS)  # the periods the time splitter knows
         if isinstance(value, str) and value.isdigit():
             value = int(value)
         if value is None or value in periods or (isinstance(value, int) and value >= 1):
