@@ -175,7 +175,18 @@ def test_datasets_lists_every_source_with_its_location():
     result = invoke("datasets")
     assert result.exit_code == 0, result.output
     names = registry.names()
-    assert sorted(names) == ["digits", "fashion_mnist", "fortunes", "mnist1d", "mnist5k"]
+    assert sorted(names) == [
+        "austen",
+        "digits",
+        "fashion_mnist",
+        "fortunes",
+        "gcide",
+        "kjv",
+        "mnist1d",
+        "mnist5k",
+        "python_docs",
+        "wordnet_glosses",
+    ]
     lines = result.stdout.splitlines()
     for name in names:
         (row,) = [line for line in lines if line.strip("│┃ ").startswith(name + " ")]

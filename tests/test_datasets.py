@@ -19,7 +19,18 @@ from lifelong.datasets import fashion_mnist as fm
 from lifelong.datasets import small, text
 from lifelong.errors import DataError, DatasetNotFoundError
 
-SOURCES = ["digits", "fashion_mnist", "fortunes", "mnist1d", "mnist5k"]
+SOURCES = [
+    "austen",
+    "digits",
+    "fashion_mnist",
+    "fortunes",
+    "gcide",
+    "kjv",
+    "mnist1d",
+    "mnist5k",
+    "python_docs",
+    "wordnet_glosses",
+]
 
 
 def _need(name: str) -> None:
@@ -71,7 +82,8 @@ def test_unknown_name_lists_available() -> None:
 def test_import_is_cheap() -> None:
     code = (
         "import sys, lifelong.datasets; "
-        "print(','.join(m for m in ('sklearn', 'mlxtend', 'mnist1d', 'pandas', 'scipy') if m in sys.modules))"
+        "heavy = ('sklearn', 'mlxtend', 'mnist1d', 'pandas', 'scipy', 'rdata'); "
+        "print(','.join(m for m in heavy if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""

@@ -3,6 +3,8 @@ against numbers worked out by hand in the comments."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from lifelong.evaluation import metrics
@@ -336,3 +338,102 @@ def test_stability_gap_with_missing_values() -> None:
     assert g["min"] == pytest.approx(0.4) and g["final"] == pytest.approx(0.6)
     # evaluations without any defined old value: skipped like no evaluations
     assert metrics.stability_gap([_eval(12, 1, [None, 0.5])], [[0.9, 0.1], [0.6, 0.9]], [0, 10]) == []
+
+
+# --- forgetting in log perplexity ---------------------------------------------------------------------
+# For perplexity: per old experience j < T-1, log R[T-1][j] - min over j <= i < T-1 of log R[i][j].
+PL = [
+    [10.0, 50.0, 60.0],
+    [20.0, 12.0, 55.0],
+    [40.0, 15.0, 11.0],
+]
+# j=0: log 40 - min(log 10, log 20) = log(40 / 10) = log 4    = 1.3862944
+# j=1: log 15 - log 12              = log(15 / 12) = log 1.25 = 0.2231436
+# mean = (log 4 + log 1.25) / 2 = log(5) / 2                    = 0.8047190
+# final mean perplexity     = (40 + 15 + 11) / 3 = 22.0
+# final mean log perplexity = (log 40 + log 15 + log 11) / 3 = log(6600) / 3 = 2.9316083
+LOG_PPL_KEYS = {
+    "forgetting_log_ppl",
+    "forgetting_log_ppl_per_experience",
+    "final_mean_perplexity",
+    "final_mean_log_perplexity",
+}
+
+
+def test_forgetting_in_log_perplexity_matches_hand_computation() -> None:
+    per = metrics.forgetting_log_ppl_per_experience(PL)
+    assert per == pytest.approx([math.log(4.0), math.log(1.25)])
+    assert per[0] == pytest.approx(1.3862944) and per[1] == pytest.approx(0.2231436)
+    assert metrics.forgetting_log_ppl(PL) == pytest.approx(math.log(5.0) / 2)
+    assert metrics.perplexity_summary(PL) == {
+        "forgetting_log_ppl": pytest.approx(0.8047190),
+        "forgetting_log_ppl_per_experience": pytest.approx([1.3862944, 0.2231436]),
+        "final_mean_perplexity": pytest.approx(22.0),
+        "final_mean_log_perplexity": pytest.approx(2.9316083),
+    }
+
+
+def test_log_forgetting_starts_from_the_best_after_learning() -> None:
+    # j=0 kept improving after it was learnt: its best is R[1][0] = 20, not the diagonal 30
+    #   log 40 - log 20 = log 2; R[0][1] = 5 (before experience 1 was learnt) is ignored for j=1:
+    #   j=1: log 16 - log 8 = log 2
+    m = [[30.0, 5.0, 70.0], [20.0, 8.0, 70.0], [40.0, 16.0, 9.0]]
+    assert metrics.forgetting_log_ppl_per_experience(m) == pytest.approx([math.log(2.0), math.log(2.0)])
+    # a domain that got better keeps a negative value: log 20 - log 30 = log(2/3)
+    assert metrics.forgetting_log_ppl([[30.0, 90.0], [20.0, 15.0]]) == pytest.approx(math.log(2 / 3))
+
+
+def test_log_forgetting_is_the_log_of_the_perplexity_ratio_whatever_the_scale() -> None:
+    # the same relative rise gives the same forgetting at perplexity 10 and at 10000, unlike raw forgetting
+    small, large = [[10.0, 99.0], [20.0, 5.0]], [[10000.0, 99.0], [20000.0, 5.0]]
+    assert metrics.forgetting_log_ppl(small) == pytest.approx(metrics.forgetting_log_ppl(large))
+    assert metrics.forgetting(small, False) != pytest.approx(metrics.forgetting(large, False))
+
+
+def test_log_perplexity_figures_skip_missing_cells() -> None:
+    # experience 2 was added by a continuation: rows 0 and 1 have no value for it
+    m = [[10.0, 20.0, None], [12.0, 8.0, None], [30.0, 16.0, 5.0]]
+    # j=0: log 30 - log 10 = log 3; j=1: log 16 - log 8 = log 2; mean = log 6 / 2
+    assert metrics.forgetting_log_ppl_per_experience(m) == pytest.approx([math.log(3.0), math.log(2.0)])
+    assert metrics.forgetting_log_ppl(m) == pytest.approx(math.log(6.0) / 2)
+    # a missing final cell gives None for that experience only; the mean is over the rest
+    m = [[10.0, 20.0, 1.0], [12.0, 8.0, 1.0], [None, 16.0, 5.0]]
+    assert metrics.forgetting_log_ppl_per_experience(m) == [None, pytest.approx(math.log(2.0))]
+    assert metrics.forgetting_log_ppl(m) == pytest.approx(math.log(2.0))
+    s = metrics.perplexity_summary(m)
+    assert s["final_mean_perplexity"] == pytest.approx((16 + 5) / 2)
+    assert s["final_mean_log_perplexity"] == pytest.approx((math.log(16) + math.log(5)) / 2)
+    # NaN or a value <= 0 is no perplexity: left out like a missing cell
+    m = [[float("nan"), 3.0], [20.0, 4.0]]
+    assert metrics.forgetting_log_ppl_per_experience(m) == [None]
+    assert metrics.forgetting_log_ppl(m) is None
+    assert metrics.perplexity_summary([[0.0, 3.0], [20.0, 4.0]])["forgetting_log_ppl"] is None
+    assert metrics.perplexity_summary([[None, None], [None, None]]) == {
+        "forgetting_log_ppl": None,
+        "forgetting_log_ppl_per_experience": [None],
+        "final_mean_perplexity": None,
+        "final_mean_log_perplexity": None,
+    }
+
+
+def test_log_perplexity_figures_of_a_single_experience() -> None:
+    assert metrics.forgetting_log_ppl_per_experience([[12.0]]) == []
+    assert metrics.forgetting_log_ppl([[12.0]]) == 0.0  # nothing to forget, as `forgetting`
+    s = metrics.perplexity_summary([[12.0]])
+    assert s["final_mean_perplexity"] == pytest.approx(12.0)
+    assert s["final_mean_log_perplexity"] == pytest.approx(math.log(12.0))
+
+
+def test_summary_adds_log_perplexity_keys_for_perplexity_only() -> None:
+    # the learner's call: the direction alone (perplexity is the only lower-is-better metric)
+    s = metrics.summary(PL, [100.0, 100.0, 100.0], False, True)
+    assert set(s) == {"acc", "bwt", "fwt", "forgetting", "plasticity"} | LOG_PPL_KEYS
+    assert s["forgetting_log_ppl"] == pytest.approx(math.log(5.0) / 2)
+    assert s["final_mean_perplexity"] == pytest.approx(s["acc"]) == pytest.approx(22.0)
+    # every existing key keeps its meaning: forgetting stays in raw perplexity
+    #   j=0: -(min(10, 20) - 40) = 30; j=1: -(12 - 15) = 3 -> 16.5
+    assert s["forgetting"] == pytest.approx(16.5)
+    assert set(metrics.summary(PL, metric="perplexity")) >= LOG_PPL_KEYS
+    # accuracy summaries are unchanged
+    assert not LOG_PPL_KEYS & set(metrics.summary(R3, B3))
+    assert not LOG_PPL_KEYS & set(metrics.summary(R3, B3, metric="accuracy"))

@@ -17,6 +17,7 @@ same weights as one that was never stopped.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -38,6 +39,7 @@ from lifelong.evaluation.confusion import accuracy_of, confusion_matrix, per_cla
 from lifelong.methods.base import Context, Method, check_composition, overrides
 from lifelong.objectives import logits_of, objective_for
 from lifelong.progress import TrainingProgress
+from lifelong.schedules import HotWeights, lr_at
 from lifelong.streams.experience import Split, Stream
 from lifelong.streams.fingerprint import experience_name
 from lifelong.training import TrainConfig
@@ -63,6 +65,12 @@ class Results:
     label_names: list[Any] | None = None
     per_class_accuracy: list[list[float | None]] | None = None
     confusion: list[list[list[int]]] | None = None
+    # language modelling: tokens trained on and speed per experience, the process's peak memory
+    tokens_seen: list[int] | None = None
+    tokens_per_second: list[float | None] | None = None
+    peak_memory_bytes: int | None = None
+    experience_steps: list[int] | None = None
+    schedule: str | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Results:
@@ -89,6 +97,13 @@ class Results:
         if self.per_class_accuracy is not None:
             out["per_class_accuracy"] = self.per_class_accuracy
             out["confusion"] = self.confusion
+        if self.tokens_seen is not None:
+            out["tokens_seen"] = self.tokens_seen
+            out["tokens_per_second"] = self.tokens_per_second
+            out["peak_memory_bytes"] = self.peak_memory_bytes
+            out["experience_steps"] = self.experience_steps
+        if self.schedule is not None:
+            out["schedule"] = self.schedule
         return out
 
 
@@ -138,6 +153,8 @@ class Learner:
                 f"methods must be lifelong.methods.Method objects; got {bad} (subclass Method to write one)"
             )
         check_composition(self.methods)  # e.g. two methods that both replace the loss: refuse now
+        if self.train.scheduler == "wsd" and self.train.continue_from == "hot":
+            self.methods.append(HotWeights(self.train))  # part of the state, like any method's memory
         self.objective = objective
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.seed = seed
@@ -218,7 +235,7 @@ class Learner:
                 "class": type(self.model).__name__,
                 "parameters": sum(p.numel() for p in self.model.parameters()),
             },
-            "method": [{"name": m.name, **m.params()} for m in self.methods] or [{"name": "naive"}],
+            "method": [{"name": m.name, **m.params()} for m in self._user_methods()] or [{"name": "naive"}],
             "train": self.train.model_dump(),
             "seed": self.seed,
         }
@@ -251,6 +268,8 @@ class Learner:
                 "wall_seconds": 0.0,
                 "events_bytes": 0,
             }
+            if not classifying:
+                p["tokens"], p["tokens_seen"], p["train_seconds"], p["experience_steps"] = 0, [], [], []
             if classifying:
                 p["per_class"], p["confusion"] = [], []
             self._truncate_events(0)
@@ -277,7 +296,14 @@ class Learner:
         epochs = 1 if stream.single_pass else train.epochs
         device = train.device
         log_every = train.log_every
+        accum = train.grad_accum
         bar = TrainingProgress(enabled=self.show_progress)
+        if train.gradient_checkpointing:
+            _enable_gradient_checkpointing(model)
+        autocast = _autocast(train)
+        counts_tokens = not classifying
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats(device)
 
         with bar:
             for i in range(p["experience"], len(stream)):
@@ -294,88 +320,124 @@ class Learner:
                     torch.set_rng_state(checkpoint["rng"]["torch"])
                 optimizer = self.optimizer
                 seen = list(stream.experiences[: i + 1])
+                data = experience.train
+                n, bs = len(data), train.batch_size
+                # a step takes `accum` mini-batches; `p["batch"]` counts steps within the epoch
+                n_steps = math.ceil(math.ceil(n / bs) / accum)
+                total_steps = epochs * n_steps
                 ctx = Context(model, objective, optimizer, experience, i, seen, step=step)
+                ctx.total_steps = total_steps
                 if not resuming:
                     p["start_steps"].append(step)
+                    if counts_tokens:
+                        p["tokens_seen"].append(0)
+                        p["train_seconds"].append(0.0)
+                        p["experience_steps"].append(total_steps)
                     for start in start_hooks:
                         start(ctx)
-                data = experience.train
                 for select_data in data_hooks:
                     data = select_data(ctx, data)
-                n, bs = len(data), train.batch_size
+                n = len(data)
                 n_batches = math.ceil(n / bs)
-                total_steps = epochs * n_batches
+                n_steps = math.ceil(n_batches / accum)
+                total_steps = ctx.total_steps = epochs * n_steps
+                if counts_tokens:
+                    p["experience_steps"][i] = total_steps
                 first_epoch, first_batch = (p["epoch"], p["batch"]) if resuming else (0, 0)
-                bar.start_experience(i, len(stream), total_steps, first_epoch * n_batches + first_batch)
+                bar.start_experience(i, len(stream), total_steps, first_epoch * n_steps + first_batch)
+                if counts_tokens:
+                    bar.show_tokens_per_step(bs * accum * int(data.y[0].numel()) if n else 0)
                 model.train()
                 loss = None  # stays None when a resumed experience has no step left to take
+                trained_since = time.perf_counter()
 
                 for epoch in range(first_epoch, epochs):
                     ctx.epoch = epoch
                     order = torch.randperm(
                         n, generator=torch.Generator().manual_seed(_mix(self.seed, i, epoch))
                     )
-                    for b in range(first_batch if epoch == first_epoch else 0, n_batches):
-                        idx = order[b * bs : (b + 1) * bs]
-                        batch = Split(data.x[idx], data.y[idx], None if data.t is None else data.t[idx])
-                        ctx.step = step
-                        for change_batch in batch_hooks:
-                            batch = change_batch(ctx, batch)
-                        t = None if batch.t is None else batch.t.to(device)
-                        out = objective.forward(model, batch.x.to(device), t)
-                        if main_loss is None:
-                            loss = objective.loss(out, batch.y.to(device))
-                        else:
-                            loss = main_loss(ctx, batch, out)
-                        for extra_loss in loss_hooks:
-                            extra = extra_loss(ctx, batch, out)
-                            if extra is not None:
-                                loss = loss + extra
+                    for s in range(first_batch if epoch == first_epoch else 0, n_steps):
+                        ctx.step, ctx.local_step = step, epoch * n_steps + s
                         optimizer.zero_grad(set_to_none=True)
-                        loss.backward()
+                        loss = None
+                        micro = range(s * accum, min((s + 1) * accum, n_batches))
+                        for b in micro:
+                            idx = order[b * bs : (b + 1) * bs]
+                            batch = Split(data.x[idx], data.y[idx], None if data.t is None else data.t[idx])
+                            for change_batch in batch_hooks:
+                                batch = change_batch(ctx, batch)
+                            t = None if batch.t is None else batch.t.to(device)
+                            with autocast():
+                                out = objective.forward(model, batch.x.to(device), t)
+                                if main_loss is None:
+                                    part = objective.loss(out, batch.y.to(device))
+                                else:
+                                    part = main_loss(ctx, batch, out)
+                                for extra_loss in loss_hooks:
+                                    extra = extra_loss(ctx, batch, out)
+                                    if extra is not None:
+                                        part = part + extra
+                            if len(micro) > 1:
+                                part = part / len(micro)  # the step's gradient: the mean over its batches
+                            part.backward()
+                            loss = part.detach() if loss is None else loss + part.detach()
+                            if counts_tokens:
+                                p["tokens"] += batch.y.numel()
+                                p["tokens_seen"][i] += batch.y.numel()
                         for touch_grads in grad_hooks:
                             touch_grads(ctx)
                         if train.grad_clip is not None:
                             nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
                         if train.scheduler != "constant" or train.warmup_steps:
-                            self._set_lr(optimizer, epoch * n_batches + b, total_steps)
+                            self._set_lr(optimizer, i, ctx.local_step, total_steps)
                         optimizer.step()
                         step += 1
                         if log_every and step % log_every == 0:
-                            value, lr = float(loss.detach()), optimizer.param_groups[0]["lr"]
+                            assert loss is not None
+                            value, lr = float(loss), optimizer.param_groups[0]["lr"]
                             _check_finite(loss, step, i, data, self._checkpointed())
-                            self._event(
-                                {
-                                    "event": "train",
-                                    "step": step,
-                                    "experience": i,
-                                    "epoch": epoch,
-                                    "loss": value,
-                                    "lr": lr,
-                                }
-                            )
+                            event = {
+                                "event": "train",
+                                "step": step,
+                                "experience": i,
+                                "epoch": epoch,
+                                "loss": value,
+                                "lr": lr,
+                            }
+                            if counts_tokens:
+                                event["tokens"] = p["tokens"]
+                                elapsed = p["train_seconds"][i] + time.perf_counter() - trained_since
+                                bar.show_speed(p["tokens_seen"][i] / max(elapsed, 1e-9))
+                            self._event(event)
                             bar.show_loss(value, lr)
                         bar.advance(step)
                         if train.eval_every and step % train.eval_every == 0:
                             values = evaluate()
                             p["evals"].append({"step": step, "experience": i, "values": values})
-                            self._event(
-                                {
-                                    "event": "eval",
-                                    "step": step,
-                                    "experience": i,
-                                    "epoch": epoch,
-                                    "metric": objective.metric,
-                                    "values": values,
-                                }
-                            )
+                            event = {
+                                "event": "eval",
+                                "step": step,
+                                "experience": i,
+                                "epoch": epoch,
+                                "metric": objective.metric,
+                                "values": values,
+                            }
+                            if counts_tokens:
+                                event["tokens"] = p["tokens"]
+                            self._event(event)
                         if train.checkpoint_every and step % train.checkpoint_every == 0:
                             # never checkpoint a diverged model
                             _check_finite(loss, step, i, data, self._checkpointed())
-                            nxt = (epoch, b + 1) if b + 1 < n_batches else (epoch + 1, 0)
+                            nxt = (epoch, s + 1) if s + 1 < n_steps else (epoch + 1, 0)
                             p.update(experience=i, epoch=nxt[0], batch=nxt[1], step=step)
+                            if counts_tokens:
+                                now = time.perf_counter()
+                                p["train_seconds"][i] += now - trained_since
+                                trained_since = now
                             self._checkpoint(p, began, f"step-{step:09d}")
 
+                if counts_tokens:
+                    p["train_seconds"][i] += time.perf_counter() - trained_since
                 _check_finite(loss, step, i, data, self._checkpointed())
                 ctx.step = step
                 for finish in end_hooks:
@@ -389,6 +451,8 @@ class Learner:
                     "metric": objective.metric,
                     "row": row,
                 }
+                if counts_tokens:
+                    end_event["tokens"] = p["tokens"]
                 if confusions is not None:
                     total = torch.stack(confusions).sum(dim=0)
                     p["per_class"].append(per_class_accuracy(total))
@@ -402,7 +466,9 @@ class Learner:
         # class-incremental: the untrained model, and any model trained only on earlier classes, scores 0
         # on unseen classes, so forward transfer is 0 by construction and says nothing
         fwt_meaningful = not (classifying and _disjoint_classes(stream))
-        summary = metrics.summary(p["matrix"], p["initial"], objective.higher_is_better, fwt_meaningful)
+        summary = metrics.summary(
+            p["matrix"], p["initial"], objective.higher_is_better, fwt_meaningful, metric=objective.metric
+        )
         results = Results(
             metric=objective.metric,
             matrix=p["matrix"],
@@ -416,10 +482,20 @@ class Learner:
             wall_seconds=time.perf_counter() - began,
             experience_names=[experience_name(e) for e in stream],
             experience_start_steps=p["start_steps"],
-            method="+".join(m.name for m in methods) or "naive",
+            method="+".join(m.name for m in self._user_methods()) or "naive",
             label_names=run_directory.label_names(stream) if classifying else None,
             per_class_accuracy=p.get("per_class"),
             confusion=p.get("confusion"),
+            tokens_seen=p.get("tokens_seen"),
+            tokens_per_second=[
+                round(t / s, 1) if s > 0 else None
+                for t, s in zip(p.get("tokens_seen", []), p.get("train_seconds", []), strict=True)
+            ]
+            if counts_tokens
+            else None,
+            peak_memory_bytes=_peak_memory(device) if counts_tokens else None,
+            experience_steps=p.get("experience_steps"),
+            schedule=train.scheduler,
         )
         self._event({"event": "end", "step": step, "summary": summary})
         if self.run_dir is not None:
@@ -469,22 +545,16 @@ class Learner:
             return torch.optim.Adam(params, lr=tr.lr, weight_decay=tr.weight_decay)
         return torch.optim.AdamW(params, lr=tr.lr, weight_decay=tr.weight_decay)
 
-    def _set_lr(self, optimizer: torch.optim.Optimizer, local_step: int, total: int) -> None:
-        """LR at `local_step` of this experience: linear warm-up, then constant, cosine or linear decay.
-        A pure function of the position, so resuming needs no scheduler object."""
-        tr = self.train
-        if local_step < tr.warmup_steps:
-            factor = (local_step + 1) / tr.warmup_steps
-        else:
-            progress = (local_step - tr.warmup_steps) / max(1, total - tr.warmup_steps)
-            if tr.scheduler == "cosine":
-                factor = 0.5 * (1.0 + math.cos(math.pi * progress))
-            elif tr.scheduler == "linear":
-                factor = 1.0 - progress
-            else:
-                factor = 1.0
+    def _set_lr(self, optimizer: torch.optim.Optimizer, experience: int, local_step: int, total: int) -> None:
+        """The schedule's LR at `local_step` of `experience` (`lifelong.schedules`): a pure function of the
+        position, so resuming needs no scheduler object."""
+        lr = lr_at(self.train, experience, local_step, total)
         for group in optimizer.param_groups:
-            group["lr"] = tr.lr * factor
+            group["lr"] = lr
+
+    def _user_methods(self) -> list[Method]:
+        """The methods the user gave (without the loop's own, such as wsd's hot weights)."""
+        return [m for m in self.methods if not isinstance(m, HotWeights)]
 
     # --- the run directory ------------------------------------------------------------------------------
 
@@ -547,6 +617,36 @@ class Predicting(nn.Module):
         for predict in self.hooks:
             out = predict(self.model, x, out)
         return out
+
+
+def _enable_gradient_checkpointing(model: nn.Module) -> None:
+    enable = getattr(model, "gradient_checkpointing_enable", None)
+    if not callable(enable):
+        raise ConfigError(
+            f"train.gradient_checkpointing: {type(model).__name__} has no gradient_checkpointing_enable(); "
+            "the built-in 'gpt' and Hugging Face models have it (wrap your blocks in "
+            "torch.utils.checkpoint to add it to a model of your own), or set gradient_checkpointing: false"
+        )
+    enable()
+
+
+def _autocast(train: TrainConfig) -> Any:
+    """A context manager for the forward pass: bfloat16 autocast with precision 'bf16', else nothing."""
+    if train.precision != "bf16":
+        return contextlib.nullcontext
+    kind = torch.device(train.device).type
+    return lambda: torch.autocast(device_type=kind, dtype=torch.bfloat16)
+
+
+def _peak_memory(device: str) -> int | None:
+    """Peak memory of the run: allocated GPU memory on CUDA, else the process's peak resident set."""
+    if device.startswith("cuda"):
+        return int(torch.cuda.max_memory_allocated(device))
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # KiB on Linux
 
 
 def _warm_up() -> None:

@@ -19,6 +19,7 @@ class TrainingProgress:
         self._task: TaskID | None = None
         self._every = 1
         self._done = 0
+        self._speed = ""
 
     def __enter__(self) -> TrainingProgress:
         if self.enabled:
@@ -52,7 +53,18 @@ class TrainingProgress:
         """The training loss and LR of the latest logged step (every `train.log_every` steps)."""
         if self._progress is None or self._task is None:
             return
-        self._progress.update(self._task, loss=f"loss {loss:.4g}  lr {lr:.3g}")
+        self._progress.update(self._task, loss=f"loss {loss:.4g}  lr {lr:.3g}{self._speed}")
+
+    def show_tokens_per_step(self, tokens: int) -> None:
+        """Language models: the most tokens one optimizer step trains on (batch x accumulation x block)."""
+        if self._progress is None or self._task is None:
+            return
+        task = self._progress.tasks[-1]
+        self._progress.update(self._task, description=f"{task.description} · {tokens:,} tok/step")
+
+    def show_speed(self, tokens_per_second: float) -> None:
+        """Language models: training tokens per second in this experience, shown with the next loss."""
+        self._speed = f"  {tokens_per_second:,.0f} tok/s"
 
     def advance(self, step: int) -> None:
         if self._progress is None or self._task is None:

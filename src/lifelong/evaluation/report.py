@@ -12,7 +12,11 @@ fraction and shown in percent; perplexity is shown as it is (lower is better). r
 experiences from 0; everything a person reads (tables, axes, legends, headings) counts them from 1. A cell
 stored as null (a row written before the run was continued with new experiences) is shown as "–" and
 drawn grey. For classification the page also shows, when results.json has them, the class names, the
-accuracy of each class after each experience and the confusion matrix after the last. Every file is written
+accuracy of each class after each experience and the confusion matrix after the last. For a language model
+(metric "perplexity") it shows the matrix on a log colour scale, the tokens, throughput and peak memory of
+the run, the forgetting of each domain in log perplexity, and, drawn as inline SVG, the loss on each domain
+over the tokens trained on and the learning rate over the steps (from the `train`, `eval` and
+`experience_end` events; runs that did not record tokens are drawn over steps). Every file is written
 atomically (a temporary file in the same folder, then `os.replace`), and the HTML page loads nothing from
 outside itself: images are base64 data URIs, the CSS is inline and there is no JavaScript.
 
@@ -32,10 +36,11 @@ import os
 import shlex
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from lifelong.atomic import atomic_write_bytes
 from lifelong.errors import DataError, StateError
+from lifelong.evaluation import metrics
 
 if TYPE_CHECKING:
     import numpy as np
@@ -102,8 +107,9 @@ def _check_results(results: Any, where: str) -> None:
                 raise StateError(f"{where}: 'matrix' holds {v!r}; expected numbers.")
 
 
-def _read_events(run_dir: Path) -> tuple[list[dict[str, Any]], int]:
-    """The `eval` events of `run_dir/events.jsonl` and how many unreadable lines were skipped.
+def _read_events(run_dir: Path, kinds: tuple[str, ...] = ("eval",)) -> tuple[list[dict[str, Any]], int]:
+    """The events of `run_dir/events.jsonl` whose "event" is one of `kinds` (in file order) and how many
+    unreadable lines were skipped.
 
     A run killed mid-write can leave a torn last line; it is skipped rather than failing the report.
     """
@@ -121,7 +127,7 @@ def _read_events(run_dir: Path) -> tuple[list[dict[str, Any]], int]:
             except json.JSONDecodeError:
                 bad += 1
                 continue
-            if isinstance(event, dict) and event.get("event") == "eval":
+            if isinstance(event, dict) and event.get("event") in kinds:
                 events.append(event)
     return events, bad
 
@@ -394,7 +400,8 @@ def _png(fig: Any) -> bytes:
 
 
 def _cmap_and_norm(metric: str, values: np.ndarray) -> tuple[Any, Any, bool]:
-    """Colormap and norm for a heatmap: fixed 0-100% for accuracy, reversed (and log when wide) for ppl."""
+    """Colormap and norm for a heatmap: fixed 0-100% for accuracy; reversed and logarithmic for perplexity
+    (lower is better, and perplexities span orders of magnitude)."""
     import matplotlib
     import numpy as np
     from matplotlib.colors import LogNorm, Normalize
@@ -406,7 +413,7 @@ def _cmap_and_norm(metric: str, values: np.ndarray) -> tuple[Any, Any, bool]:
     if finite.size == 0:
         return cmap, Normalize(0.0, 1.0), False
     lo, hi = float(finite.min()), float(finite.max())
-    if lo > 0 and hi / lo > 20:
+    if lo > 0 and hi > lo:
         return cmap, LogNorm(lo, hi), True
     return cmap, Normalize(lo, hi if hi > lo else lo + 1.0), False
 
@@ -451,28 +458,35 @@ def _lut(name: str, value: float) -> tuple[float, float, float, float]:
     return (rgb[0], rgb[1], rgb[2], 1.0)
 
 
+def _ppl_range(values: Iterable[float]) -> tuple[float, float] | None:
+    """Lowest and highest finite value of a perplexity heatmap, or None when there is none."""
+    finite = [v for v in values if math.isfinite(v)]
+    return (min(finite), max(finite)) if finite else None
+
+
+def _ppl_position(v: float, lo: float, hi: float) -> float:
+    """Where perplexity `v` sits between `lo` (0) and `hi` (1): on a log scale, since perplexities span
+    orders of magnitude (a linear scale would paint every good cell alike); linear only if some value is
+    not positive, which no true perplexity is."""
+    if not math.isfinite(v):
+        return math.nan
+    if hi <= lo:
+        return 0.0
+    if lo > 0:
+        return (math.log(v) - math.log(lo)) / (math.log(hi) - math.log(lo))
+    return (v - lo) / (hi - lo)
+
+
 def _table_colors(metric: str, values: list[list[float]]) -> list[list[tuple[float, ...]]]:
     """Heatmap colours of table cells (values scaled for display, NaN where missing), in plain Python so
     that a page needs no numpy or matplotlib: accuracy on a fixed 0-100 % scale, perplexity reversed (lower
-    is better), on a log scale when it spans more than 20x."""
-    finite = [v for row in values for v in row if math.isfinite(v)]
+    is better, drawn brighter) on a log scale."""
     if metric == "accuracy":
         return [[_lut("viridis", v / 100.0) for v in row] for row in values]
-    if not finite:
+    bounds = _ppl_range(v for row in values for v in row)
+    if bounds is None:
         return [[_lut("viridis_r", 0.0) for _ in row] for row in values]
-    lo, hi = min(finite), max(finite)
-    if lo > 0 and hi / lo > 20:
-        span = math.log(hi) - math.log(lo)
-
-        def position(v: float) -> float:
-            return (math.log(v) - math.log(lo)) / span if v > 0 else math.nan
-
-    else:
-
-        def position(v: float) -> float:
-            return (v - lo) / (hi - lo if hi > lo else 1.0)
-
-    return [[_lut("viridis_r", position(v) if math.isfinite(v) else math.nan) for v in row] for row in values]
+    return [[_lut("viridis_r", _ppl_position(v, *bounds)) for v in row] for row in values]
 
 
 def _text_color(rgba: tuple[float, ...]) -> str:
@@ -732,13 +746,646 @@ def _common_metric(named_results: Mapping[str, Mapping[str, Any]]) -> str:
         raise DataError("nothing to compare: pass at least one run.")
     for name, results in named_results.items():
         _check_results(results, f"run {name!r}")
-    metrics = {name: results["metric"] for name, results in named_results.items()}
-    if len(set(metrics.values())) != 1:
-        listed = ", ".join(f"{n}: {m}" for n, m in metrics.items())
+    by_run = {name: results["metric"] for name, results in named_results.items()}
+    if len(set(by_run.values())) != 1:
+        listed = ", ".join(f"{n}: {m}" for n, m in by_run.items())
         raise DataError(
             f"cannot compare runs scored by different metrics ({listed}); compare like with like."
         )
-    return next(iter(metrics.values()))
+    return next(iter(by_run.values()))
+
+
+# ------------------------------------------------------------------------------------- language models
+#
+# A language-modelling run (metric "perplexity") gets more than the matrix: what it cost (tokens, tokens/s,
+# peak memory), how much each domain was forgotten on the log scale, the learning rate the schedule gave,
+# and the loss on every domain over the tokens trained on. The figures are inline SVG drawn here in plain
+# Python, like the heatmaps, so the page needs no matplotlib; `plots=True` also writes them as PNG files.
+# Runs written before the learner recorded tokens fall back to optimizer steps, and a figure whose data the
+# run does not have is left out with a note saying why.
+
+_LM_EVENTS = ("train", "eval", "experience_end")
+# matplotlib's tab10, so that the SVG figures and the PNG ones colour the domains alike
+_TAB10 = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
+_SVG_POINTS = 1500  # a series longer than this is thinned: more points than pixels only make the page heavy
+_SVG_MARKERS = 60  # up to this many points a domain's line also shows its points
+_SVG_BOUNDARY_LABELS = 12  # label at most about this many experience boundaries
+
+
+def _lm_per_experience(results: Mapping[str, Any], key: str, n: int) -> list[float | None] | None:
+    """`results[key]` as `n` numbers (None for a missing or malformed entry), or None when the run has no
+    such list (older runs and classification runs)."""
+    given = results.get(key)
+    if not isinstance(given, list):
+        return None
+    values = [float(v) if _is_number(v) else None for v in given[:n]]
+    return values + [None] * (n - len(values))
+
+
+def _schedule(results: Mapping[str, Any]) -> str | None:
+    """The learning-rate schedule's name: `schedule` in results.json, else the config's train.scheduler."""
+    name = results.get("schedule")
+    if isinstance(name, str) and name.strip():
+        return name.strip()
+    config = results.get("config")
+    train = config.get("train") if isinstance(config, Mapping) else None
+    name = train.get("scheduler") if isinstance(train, Mapping) else None
+    return name.strip() if isinstance(name, str) and name.strip() else None
+
+
+def _log_ppl(v: Any) -> float:
+    """log of a perplexity, the loss in nats; NaN where there is none (missing, NaN, infinite or <= 0)."""
+    f = _as_float(v)
+    return math.log(f) if f is not None and math.isfinite(f) and f > 0 else math.nan
+
+
+def _finite(v: Any) -> float | None:
+    """`v` as a float when it is a finite JSON number, else None (missing, null, text, NaN, infinite)."""
+    return float(v) if _is_number(v) and math.isfinite(v) else None
+
+
+def _event_x(event: Mapping[str, Any], axis: str) -> float | None:
+    return _finite(event.get(axis))
+
+
+def _lm_axis(events: list[dict[str, Any]]) -> str:
+    """ "tokens" when every event to plot says how many tokens had been trained on, else "step"."""
+    plotted = [e for e in events if e.get("event") in _LM_EVENTS]
+    if plotted and all(_event_x(e, "tokens") is not None for e in plotted):
+        return "tokens"
+    return "step"
+
+
+def _lm_boundaries(results: Mapping[str, Any], events: list[dict[str, Any]], axis: str) -> list[float]:
+    """Where each experience began on `axis`: in steps as the curves of classification runs; in tokens,
+    experience k begins where k-1 ended (its experience_end event, else the sum of tokens_seen)."""
+    if axis == "step":
+        return _start_steps(results, events)
+    ends: dict[int, float] = {}
+    for ev in events:
+        exp, x = ev.get("experience"), _event_x(ev, "tokens")
+        if ev.get("event") == "experience_end" and isinstance(exp, int) and x is not None:
+            ends[exp] = x
+    seen = _lm_per_experience(results, "tokens_seen", len(results["matrix"]))
+    starts = [0.0]
+    for k in range(1, len(results["matrix"])):
+        if k - 1 in ends:
+            starts.append(ends[k - 1])
+        elif seen is not None and all(v is not None for v in seen[:k]):
+            starts.append(sum(v for v in seen[:k] if v is not None))
+    return starts
+
+
+def _lm_curves(
+    results: Mapping[str, Any], events: list[dict[str, Any]]
+) -> tuple[str, list[list[tuple[float, float]]], list[tuple[float, float]], bool]:
+    """The loss curves of a language-modelling run: the x axis ("tokens" or "step"), for each domain's test
+    set the points (x, log perplexity) from the untrained model (x = 0), the eval events and the
+    experience_end rows, the training loss points (x, loss) of the train events, and whether any eval event
+    was found. After a resume an x can appear twice: the later event wins. Without an eval or
+    experience_end event the domains have no points: the untrained model alone is not a curve."""
+    ncols = len(results["matrix"][0])
+    axis = _lm_axis(events)
+    by_x: dict[float, list[Any]] = {}
+    initial = _initial(results, ncols)
+    if initial is not None:
+        by_x[0.0] = list(initial)
+    train: dict[float, float] = {}
+    has_evals = measured = False
+    for ev in events:
+        x = _event_x(ev, axis)
+        if x is None:
+            continue
+        kind = ev.get("event")
+        values = ev.get("values") if kind == "eval" else ev.get("row") if kind == "experience_end" else None
+        if isinstance(values, list):
+            has_evals = has_evals or kind == "eval"
+            measured = True
+            by_x[x] = values
+        elif kind == "train" and (loss := _finite(ev.get("loss"))) is not None:
+            train[x] = loss
+    domains: list[list[tuple[float, float]]] = [[] for _ in range(ncols)]
+    if not measured:
+        by_x.clear()
+    for x in sorted(by_x):
+        for j, v in enumerate(by_x[x][:ncols]):
+            domains[j].append((x, _log_ppl(v)))
+    return axis, domains, sorted(train.items()), has_evals
+
+
+def _lr_points(events: list[dict[str, Any]]) -> list[tuple[float, float]]:
+    """(step, learning rate) of the train events, sorted; after a resume the later event of a step wins."""
+    lrs: dict[float, float] = {}
+    for ev in events:
+        step, lr = _event_x(ev, "step"), _finite(ev.get("lr"))
+        if ev.get("event") == "train" and step is not None and lr is not None:
+            lrs[step] = lr
+    return sorted(lrs.items())
+
+
+# ---------------------------------------------------------------------------- language models: numbers
+
+
+def _fmt_count(v: float | None) -> str:
+    """A count such as tokens, short: 950, 12.3k, 4.56M, 1.2B."""
+    if v is None or not math.isfinite(v):
+        return "n/a"
+    for factor, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= factor:
+            return f"{v / factor:.3g}{suffix}"
+    return f"{v:.3g}" if v != int(v) else str(int(v))
+
+
+def _fmt_bytes(v: float | None) -> str:
+    """Bytes in binary units: 512 B, 3.4 MiB, 1.25 GiB."""
+    if v is None or not math.isfinite(v) or v < 0:
+        return "n/a"
+    for power, unit in ((4, "TiB"), (3, "GiB"), (2, "MiB"), (1, "KiB")):
+        if v >= 1024**power:
+            return f"{v / 1024**power:.3g} {unit}"
+    return f"{int(v)} B"
+
+
+def _fmt_log(v: float | None, signed: bool = False) -> str:
+    """A log perplexity (nats), three decimals."""
+    if (bad := _nonfinite(v)) is not None:
+        return bad
+    return f"{v:+.3f}" if signed else f"{v:.3f}"
+
+
+def _fmt_tick(v: float, step: float, axis: str = "") -> str:
+    """An axis tick: tokens short (1.5M), other values with the decimals the tick spacing needs."""
+    if axis == "tokens":
+        return _fmt_count(v)
+    if v == 0:
+        return "0"
+    if abs(v) < 1e-3 or abs(v) >= 1e5:
+        return f"{v:.2g}"
+    exponent = math.floor(math.log10(step) + 1e-9)
+    mantissa = step / 10**exponent
+    decimals = max(0, -exponent + (0 if abs(mantissa - round(mantissa)) < 1e-9 else 1))  # 2.5 needs one more
+    return f"{v:.{decimals}f}"
+
+
+def _lm_table(results: Mapping[str, Any]) -> str:
+    """Per experience: tokens trained on, optimizer steps, tokens/s (when the run recorded them), the
+    perplexity right after learning it and at the end, and the forgetting in log perplexity; a total row."""
+    cells = _cells(results)
+    nrows, ncols = len(cells), len(cells[0])
+    names = _names(results, max(nrows, ncols))
+    tokens = _lm_per_experience(results, "tokens_seen", nrows)
+    steps = _lm_per_experience(results, "experience_steps", nrows)
+    speed = _lm_per_experience(results, "tokens_per_second", nrows)
+    per_exp = metrics.forgetting_log_ppl_per_experience(cells)
+    mean_forgetting = metrics.forgetting_log_ppl(cells)
+
+    head = ["experience"]
+    head += ["tokens trained"] if tokens is not None else []
+    head += ["optimizer steps"] if steps is not None else []
+    head += ["tokens/s"] if speed is not None else []
+    head += [
+        "perplexity when learnt",
+        "best perplexity",
+        "final perplexity",
+        "forgetting (log perplexity)",
+        "final ÷ best",
+    ]
+    out = ['<div class="scroll"><table>', "<tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>"]
+
+    def count_td(v: float | None) -> str:
+        return _num_td(_fmt_count(v), None if v is None else f"{v:,.0f}")
+
+    def speed_td(v: float | None) -> str:
+        return _num_td("n/a" if v is None or not math.isfinite(v) else f"{v:,.0f}", v)
+
+    last = nrows - 1
+    for j in range(ncols):
+        learnt = cells[j][j] if j < nrows else None
+        earlier = [v for i in range(j, last) if (v := cells[i][j]) is not None and v > 0]
+        best = min(earlier) if earlier else None
+        forgot = per_exp[j] if j < len(per_exp) else None
+        row = f"<tr><td>{_e(names[j])}</td>"
+        if tokens is not None:
+            row += count_td(tokens[j]) if j < nrows else _num_td(_MISSING)
+        if steps is not None:
+            row += _num_td(_fmt_count(steps[j]), steps[j]) if j < nrows else _num_td(_MISSING)
+        if speed is not None:
+            row += speed_td(speed[j]) if j < nrows else _num_td(_MISSING)
+        row += _num_td(_fmt_cell(learnt, "perplexity"), learnt)
+        row += _num_td(_fmt_cell(best, "perplexity"), best) if j < last else _num_td(_MISSING)
+        row += _num_td(_fmt_cell(cells[last][j], "perplexity"), cells[last][j])
+        if j < last:
+            factor = None if forgot is None or not math.isfinite(forgot) else math.exp(forgot)
+            row += _num_td(_fmt_log(forgot, signed=True), forgot)
+            row += _num_td("n/a" if factor is None else f"×{factor:.3f}", factor)
+        else:  # the experience trained last has nothing after it to forget it
+            row += _num_td(_MISSING, "trained last") + _num_td(_MISSING, "trained last")
+        out.append(row + "</tr>")
+
+    total = "<tr><th>all</th>"
+    if tokens is not None:
+        total += count_td(sum(t for t in tokens if t is not None))
+    if steps is not None:
+        total += _num_td(_fmt_count(sum(s for s in steps if s is not None)))
+    if speed is not None:
+        # overall throughput: all tokens over all the time they took (time = tokens / rate, per experience)
+        pairs = [(t, r) for t, r in zip(tokens or [], speed, strict=False) if t is not None and r]
+        seconds = sum(t / r for t, r in pairs)
+        total += speed_td(sum(t for t, _ in pairs) / seconds if seconds > 0 else None)
+    final = metrics.acc(cells)
+    factor = (
+        None if mean_forgetting is None or not math.isfinite(mean_forgetting) else math.exp(mean_forgetting)
+    )
+    total += (
+        _num_td("")
+        + _num_td("")
+        + _num_td(_fmt_cell(final, "perplexity"), final)
+        + _num_td(_fmt_log(mean_forgetting, signed=True), mean_forgetting)
+        + _num_td("n/a" if factor is None else f"×{factor:.3f}", factor)
+        + "</tr>"
+    )
+    out += [total, "</table></div>"]
+    out.append(
+        '<p class="note">Forgetting of an experience j trained before the last one: log R[T][j] minus the '
+        "lowest log R[i][j] after j was learnt (j ≤ i &lt; T), that is how much the loss on its test set "
+        "(log perplexity, nats) rose from its best; final ÷ best is the same as a ratio of perplexities "
+        "(×1.105 for +0.100). The last row: total tokens and steps, throughput over the whole run, the "
+        "mean final perplexity and the mean forgetting."
+        + (
+            ""
+            if tokens is not None
+            else " This run's results.json has no token counts (written before they were recorded)."
+        )
+        + "</p>"
+    )
+    return "\n".join(out)
+
+
+def _lm_meta(results: Mapping[str, Any]) -> str:
+    """Peak memory and the learning-rate schedule, as a small table."""
+    peak = _finite(results.get("peak_memory_bytes"))
+    memory = f"{_fmt_bytes(peak)} ({int(peak):,} bytes)" if peak is not None and peak >= 0 else "not recorded"
+    rows: list[tuple[str, Any]] = [
+        ("peak memory", memory),
+        ("LR schedule", _schedule(results) or "not recorded"),
+    ]
+    return _meta_table(rows)
+
+
+def _lm_summary_rows(results: Mapping[str, Any]) -> list[str]:
+    """Summary rows only a language model has: forgetting and the final mean, in log perplexity."""
+    figures = metrics.perplexity_summary(_cells(results))
+    rows = []
+    for key, label, signed, definition in (
+        (
+            "forgetting_log_ppl",
+            "Forgetting (log perplexity)",
+            True,
+            "Mean over old experiences j < T of log R[T][j] − min log R[i][j] (j ≤ i < T): how far the loss "
+            "on each old domain rose from its best, in nats (positive means forgotten; +0.1 is a perplexity "
+            "1.105 times its best).",
+        ),
+        (
+            "final_mean_log_perplexity",
+            "Final mean log perplexity",
+            False,
+            "Mean of log R[T][j] over every test set: the final loss in nats, averaged over the domains.",
+        ),
+    ):
+        v = figures[key]
+        rows.append(
+            f"<tr><td>{_e(label)}</td>{_num_td(_fmt_log(v, signed), v)}<td>{_e(definition)}</td></tr>"
+        )
+    return rows
+
+
+# ------------------------------------------------------------------------------- language models: SVG
+
+
+def _nice_ticks(lo: float, hi: float, count: int = 5) -> tuple[list[float], float]:
+    """About `count` round tick values (1, 2, 2.5 or 5 times a power of ten apart) covering [lo, hi]."""
+    raw = (hi - lo) / count
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw * (1 - 1e-9))
+    first = math.ceil(lo / step - 1e-9) * step
+    ticks: list[float] = []
+    while (v := first + len(ticks) * step) <= hi + step * 1e-9:
+        ticks.append(0.0 if abs(v) < step * 1e-9 else v)
+    return ticks, step
+
+
+def _thin(points: list[tuple[float, float]], limit: int = _SVG_POINTS) -> list[tuple[float, float]]:
+    """Every k-th point so that at most about `limit` are left, always keeping the last."""
+    if len(points) <= limit:
+        return points
+    every = math.ceil(len(points) / limit)
+    kept = points[::every]
+    return kept if kept[-1] == points[-1] else [*kept, points[-1]]
+
+
+class _Line(NamedTuple):
+    """One series of an SVG chart; points whose y is not finite break the line."""
+
+    label: str
+    color: str
+    points: list[tuple[float, float]]
+    width: float = 1.6
+    dash: str = ""  # an SVG stroke-dasharray, "" for a solid line
+    markers: bool = True  # dots on the points while there are few
+
+
+def _svg_chart(
+    series: list[_Line],
+    *,
+    title: str,
+    x_label: str,
+    y_label: str,
+    x_axis: str,
+    boundaries: list[float],
+) -> str:
+    """A line chart as inline SVG, one line per `series` with a legend on the right. `boundaries`: x where
+    experiences begin, drawn dashed and labelled e1, e2, ... Empty string when no series has a finite
+    point."""
+    finite = [(x, y) for line in series for x, y in line.points if math.isfinite(x) and math.isfinite(y)]
+    if not finite:
+        return ""
+    xs = [x for x, _ in finite] + [b for b in boundaries if math.isfinite(b)]
+    ys = [y for _, y in finite]
+    x_lo, x_hi = min(xs), max(xs)
+    y_lo, y_hi = min(ys), max(ys)
+    if x_hi <= x_lo:
+        x_lo, x_hi = x_lo - 0.5, x_hi + 0.5
+    pad = (y_hi - y_lo) * 0.05 if y_hi > y_lo else max(abs(y_lo) * 0.05, 1e-12)
+    y_lo, y_hi = y_lo - pad, y_hi + pad
+
+    legend_rows = len(series)
+    left, right, top, bottom = 64, 210, 34, 46
+    width = 820
+    height = max(320, top + bottom + 16 * legend_rows)
+    pw, ph = width - left - right, height - top - bottom
+
+    def px(x: float) -> float:
+        return left + (x - x_lo) / (x_hi - x_lo) * pw
+
+    def py(y: float) -> float:
+        return top + (y_hi - y) / (y_hi - y_lo) * ph
+
+    out = [
+        f'<svg class="chart" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
+        f'aria-label="{_e(title)}" font-family="sans-serif" font-size="11">',
+        f"<title>{_e(title)}</title>",
+        f'<text x="{left + pw / 2:.1f}" y="18" text-anchor="middle" font-size="13">{_e(title)}</text>',
+        f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>',
+    ]
+    x_ticks, x_step = _nice_ticks(x_lo, x_hi)
+    y_ticks, y_step = _nice_ticks(y_lo, y_hi)
+    for x in x_ticks:
+        out.append(
+            f'<line x1="{px(x):.1f}" y1="{top}" x2="{px(x):.1f}" y2="{top + ph}" stroke="#eee"/>'
+            f'<text x="{px(x):.1f}" y="{top + ph + 14}" text-anchor="middle">'
+            f"{_e(_fmt_tick(x, x_step, x_axis))}</text>"
+        )
+    for y in y_ticks:
+        out.append(
+            f'<line x1="{left}" y1="{py(y):.1f}" x2="{left + pw}" y2="{py(y):.1f}" stroke="#eee"/>'
+            f'<text x="{left - 5}" y="{py(y) + 4:.1f}" text-anchor="end">{_e(_fmt_tick(y, y_step))}</text>'
+        )
+    out.append(
+        f'<text x="{left + pw / 2:.1f}" y="{height - 8}" text-anchor="middle">{_e(x_label)}</text>'
+        f'<text transform="translate(14 {top + ph / 2:.1f}) rotate(-90)" text-anchor="middle">'
+        f"{_e(y_label)}</text>"
+    )
+    every = math.ceil(len(boundaries) / _SVG_BOUNDARY_LABELS) if boundaries else 1
+    for k, b in enumerate(boundaries):
+        if not math.isfinite(b):
+            continue
+        out.append(
+            f'<line class="boundary" x1="{px(b):.1f}" y1="{top}" x2="{px(b):.1f}" y2="{top + ph}" '
+            'stroke="#555" stroke-dasharray="5 4"/>'
+        )
+        if k % every == 0:
+            out.append(f'<text x="{px(b) + 2:.1f}" y="{top - 3}" fill="#444" font-size="10">e{k + 1}</text>')
+    for n, (label, color, points, line_width, dash, markers) in enumerate(series):
+        dash_attr = f' stroke-dasharray="{dash}"' if dash else ""
+        pieces: list[list[tuple[str, str]]] = [[]]  # runs of finite points: a missing value breaks the line
+        shown = _thin(points)
+        for x, y in shown:
+            if math.isfinite(x) and math.isfinite(y):
+                pieces[-1].append((f"{px(x):.1f}", f"{py(y):.1f}"))
+            elif pieces[-1]:
+                pieces.append([])
+        for piece in pieces:
+            if len(piece) > 1:
+                coords = " ".join(f"{cx},{cy}" for cx, cy in piece)
+                out.append(
+                    f'<polyline fill="none" stroke="{color}" stroke-width="{line_width}"{dash_attr} '
+                    f'points="{coords}"/>'
+                )
+            if (markers and len(shown) <= _SVG_MARKERS) or len(
+                piece
+            ) == 1:  # a lone point has no line to show it
+                out += [f'<circle cx="{cx}" cy="{cy}" r="2.2" fill="{color}"/>' for cx, cy in piece]
+        ly = top + 8 + 16 * n
+        out.append(
+            f'<line x1="{left + pw + 12}" y1="{ly}" x2="{left + pw + 34}" y2="{ly}" stroke="{color}" '
+            f'stroke-width="{max(line_width, 2)}"{dash_attr}/>'
+            f'<text x="{left + pw + 40}" y="{ly + 4}">{_e(_short(label))}</text>'
+        )
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _domain_style(j: int) -> tuple[str, str]:
+    """Colour and dash of domain j: tab10, dashed from the 11th domain on so that none share a look."""
+    return _TAB10[j % len(_TAB10)], "" if j < len(_TAB10) else ("6 3" if j < 2 * len(_TAB10) else "2 2")
+
+
+def _lm_loss_svg(results: Mapping[str, Any], events: list[dict[str, Any]]) -> str:
+    axis, domains, train, _ = _lm_curves(results, events)
+    names = _names(results, len(domains))
+    series = []
+    for j, points in enumerate(domains):
+        color, dash = _domain_style(j)
+        series.append(_Line(names[j], color, points, dash=dash))
+    if train:  # drawn last, thin and dark: the noisy batch losses under the domains' test losses
+        series.append(_Line("training loss (batches)", "#333333", train, width=0.8, markers=False))
+    return _svg_chart(
+        series,
+        title="Loss on each domain's test set over training (dashed: experience e1, e2, ... starts)",
+        x_label="tokens trained on" if axis == "tokens" else "global training step",
+        y_label="loss = log perplexity (nats)",
+        x_axis=axis,
+        boundaries=_lm_boundaries(results, events, axis),
+    )
+
+
+def _lr_svg(results: Mapping[str, Any], events: list[dict[str, Any]]) -> str:
+    points = _lr_points(events)
+    schedule = _schedule(results) or "schedule not recorded"
+    return _svg_chart(
+        [_Line("learning rate", _TAB10[0], points, markers=False)],
+        title=f"Learning rate over steps: {schedule} (dashed: experience e1, e2, ... starts)",
+        x_label="global training step",
+        y_label="learning rate",
+        x_axis="step",
+        boundaries=_start_steps(results, events),
+    )
+
+
+def _fmt_legend_value(v: float) -> str:
+    """A perplexity on the colour key: 37.4, 500, 2k, 1.5M."""
+    return _fmt_count(v) if v >= 1000 else f"{v:.3g}"
+
+
+def _ppl_legend(results: Mapping[str, Any]) -> str:
+    """The colour key of the perplexity heatmap: a log-scaled bar from the lowest to the highest value."""
+    bounds = _ppl_range(v for row in _cells(results) for v in row if v is not None)
+    if bounds is None:
+        return ""
+    lo, hi = bounds
+    log = lo > 0  # as `_ppl_position` colours the cells
+    left, bar_w, n = 24, 360, 48  # room for the end labels, centred under the bar's ends
+    parts = [
+        f'<svg class="legend" width="{bar_w + 2 * left + 250}" height="46" role="img" '
+        'aria-label="perplexity colour key, log colour scale" font-family="sans-serif" font-size="11">'
+    ]
+    for k in range(n):
+        rgba = _lut("viridis_r", (k + 0.5) / n)
+        parts.append(
+            f'<rect x="{left + k * bar_w / n:.1f}" y="4" width="{bar_w / n + 0.5:.1f}" height="14" '
+            f'fill="{_hex(rgba)}"/>'
+        )
+    ticks = [lo, hi] if hi > lo else [lo]
+    if log:  # 1-2-5 steps per decade between the ends, the ones far enough from the ends to be read
+        decade = 10 ** math.floor(math.log10(lo))
+        while decade <= hi:
+            for m in (1, 2, 5):
+                v = m * decade
+                if lo < v < hi and all(
+                    abs(_ppl_position(v, lo, hi) - _ppl_position(t, lo, hi)) > 0.08 for t in ticks
+                ):
+                    ticks.append(v)
+            decade *= 10
+    for v in sorted(ticks):
+        x = left + _ppl_position(v, lo, hi) * bar_w
+        parts.append(
+            f'<line x1="{x:.1f}" y1="18" x2="{x:.1f}" y2="22" stroke="#333"/>'
+            f'<text x="{x:.1f}" y="34" text-anchor="middle">{_e(_fmt_legend_value(v))}</text>'
+        )
+    scale = "log colour scale" if log else "linear colour scale"
+    parts.append(
+        f'<text x="{left + bar_w + 30}" y="15">perplexity, {scale}</text>'
+        f'<text x="{left + bar_w + 30}" y="30">brighter is lower (better)</text></svg>'
+    )
+    return "".join(parts)
+
+
+# ------------------------------------------------------------------------- language models: PNG files
+
+
+def _lm_curves_figure(results: Mapping[str, Any], events: list[dict[str, Any]]) -> Any | None:
+    """The loss curves of `_lm_loss_svg` as a matplotlib figure (for `plots=True`); None with no point."""
+    axis, domains, train, _ = _lm_curves(results, events)
+    if not train and not any(math.isfinite(y) for d in domains for _, y in d):
+        return None
+    names = _names(results, len(domains))
+    fig = _figure(9.0, 4.6)
+    ax = fig.add_subplot()
+    for j, points in enumerate(domains):
+        color, dash = _domain_style(j)
+        ax.plot(
+            [x for x, _ in points],
+            [y for _, y in points],
+            color=color,
+            linestyle="--" if dash else "-",
+            marker="o" if len(points) <= _SVG_MARKERS else None,
+            markersize=3,
+            linewidth=1.4,
+            label=_short(names[j]),
+        )
+    if train:
+        ax.plot(
+            [x for x, _ in train], [y for _, y in train], color="black", linewidth=0.6, label="training loss"
+        )
+    _mark_boundaries(ax, _lm_boundaries(results, events, axis))
+    ax.set_xlabel("tokens trained on" if axis == "tokens" else "global training step")
+    ax.set_ylabel("loss = log perplexity (nats)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    ax.set_title("loss on each domain over training (dashed: experience e1, e2, ... starts)", pad=14)
+    return fig
+
+
+def _lr_figure(results: Mapping[str, Any], events: list[dict[str, Any]]) -> Any | None:
+    points = _lr_points(events)
+    if not points:
+        return None
+    fig = _figure(9.0, 3.4)
+    ax = fig.add_subplot()
+    ax.plot([x for x, _ in points], [y for _, y in points], color=_TAB10[0], linewidth=1.4)
+    _mark_boundaries(ax, _start_steps(results, events))
+    ax.set_xlabel("global training step")
+    ax.set_ylabel("learning rate")
+    ax.grid(True, alpha=0.3)
+    ax.set_title(f"learning rate: {_schedule(results) or 'schedule not recorded'}", pad=14)
+    return fig
+
+
+def _mark_boundaries(ax: Any, starts: list[float]) -> None:
+    every = math.ceil(len(starts) / 12) if starts else 1
+    for k, start in enumerate(starts):
+        ax.axvline(start, color="0.35", linestyle="--", linewidth=0.9)
+        if k % every == 0:
+            ax.text(start, 1.0, f" e{k + 1}", transform=ax.get_xaxis_transform(), va="bottom", fontsize=8)
+
+
+def _lm_training(results: Mapping[str, Any], events: list[dict[str, Any]]) -> list[str]:
+    """The "During training" section of a language-modelling run: loss and LR figures and their notes."""
+    axis, _, train, has_evals = _lm_curves(results, events)
+    body = []
+    loss = _lm_loss_svg(results, events)
+    if loss:
+        body += ["<h3>Loss on each domain</h3>", loss]
+        fallback = (
+            ""
+            if axis == "tokens"
+            else " The events of this run do not all say how many tokens had been trained on, so the x "
+            "axis is the optimizer step."
+        )
+        body.append(
+            '<p class="note">One line per domain: the log perplexity on its test set (the untrained model '
+            "at 0, each periodic evaluation, and each experience's end)"
+            + (", and the training loss of the logged batches in dark grey" if train else "")
+            + ". Log perplexity is the mean token loss: 2.303 is a perplexity of 10, 4.605 one of 100."
+            + fallback
+            + "</p>"
+        )
+    if not has_evals:
+        body.append(
+            '<p class="note">No eval events in events.jsonl: the run did not evaluate during training'
+            + (", so each domain has a point per experience end only" if loss else ", so there is no curve")
+            + " (set train.eval_every to follow the loss between, and see the stability gap).</p>"
+        )
+    lr = _lr_svg(results, events)
+    body.append("<h3>Learning rate</h3>")
+    body.append(
+        lr
+        if lr
+        else '<p class="note">No train events with a learning rate in events.jsonl (train.log_every was '
+        "off, or the run was written before they were recorded): no LR curve.</p>"
+    )
+    return body
 
 
 # ---------------------------------------------------------------------------------------- public plots
@@ -748,8 +1395,8 @@ def plot_matrix(results: Mapping[str, Any], path: str | os.PathLike[str]) -> Pat
     """Heatmap of the matrix R with each cell's value; returns the PNG's path.
 
     Rows: after training on experience i; columns: evaluated on experience j (numbered from 1). Accuracy
-    in percent on a fixed 0-100 scale, perplexity raw with a reversed colormap (bright is good in both),
-    log-scaled when it spans a wide range. Cells without a value are grey and marked "–".
+    in percent on a fixed 0-100 scale, perplexity raw with a reversed colormap on a log scale (bright is
+    good in both). Cells without a value are grey and marked "–".
     """
     _check_results(results, "results")
     path = Path(path)
@@ -813,7 +1460,7 @@ td.missing{background:#eeeeee;color:#777;text-align:center}td.wrap{white-space:n
 .meta td:first-child{font-weight:600;background:#f8f8fa}.note{color:#555;font-size:.88rem}
 img{max-width:100%;height:auto;display:block;margin:.6rem 0}
 pre{background:#f6f8fa;padding:.8rem;overflow:auto;font-size:.85rem;border:1px solid #e1e4e8}
-.scroll{overflow-x:auto}
+.scroll{overflow-x:auto}svg.chart{max-width:100%;height:auto;display:block;margin:.6rem 0}
 """
 # Belt and braces for "self-contained": the browser itself refuses all but inline styles and data: images.
 _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
@@ -868,6 +1515,8 @@ def _summary_table(results: Mapping[str, Any]) -> str:
             f"<tr><td>{_e(_label(key, metric))}</td>{_num_td(_summary_text(key, summary, metric), v, wrap)}"
             f"<td>{_e(defs[key])}</td></tr>"
         )
+    if metric == "perplexity":
+        rows += _lm_summary_rows(results)
     rows.append("</table>")
     unit = (
         "Accuracy values are in percent; differences in percentage points (pp)."
@@ -1055,22 +1704,29 @@ def _config_json(config: Any) -> str:
 
 def write_report(run_dir: str | os.PathLike[str], plots: bool = True) -> Path:
     """Write `run_dir/report.html` from the run's files, and with `plots` the figures as PNG files for use
-    outside the page: `run_dir/plots/{matrix,confusion,curves}.png`.
+    outside the page: `run_dir/plots/{matrix,confusion,curves}.png`, and for a language model also
+    `plots/{loss,lr}.png` (the page itself draws those as inline SVG, and a language model's curves.png
+    only with `plots`).
 
     The page shows the matrix and the confusion matrix as HTML heatmaps (exact values on hover) and embeds
     the curves (drawn only when `events.jsonl` holds eval events); without `plots` and without eval events
     no figure is drawn, so matplotlib is not even imported (the end of every run writes the page this way).
+    A language model's page draws its curves (loss per domain, learning rate) as inline SVG, so without
+    `plots` it never needs matplotlib.
     Raises StateError when `results.json` is missing (the run has not finished) or damaged. Returns the
     HTML page's path.
     """
     run_dir = Path(run_dir)
     results = _load_results(run_dir)
-    events, bad_lines = _read_events(run_dir)
     metric = results["metric"]
+    lm = metric == "perplexity"
+    events, bad_lines = _read_events(run_dir, _LM_EVENTS if lm else ("eval",))
+    evals = [e for e in events if e.get("event") == "eval"]
     method = str(results.get("method", "unknown method"))
     nrows, ncols = len(results["matrix"]), len(results["matrix"][0])
 
-    curves_png = _curves_png(results, events)
+    # a language model's page draws its curves as SVG; the PNG versions are drawn only when asked for
+    curves_png = _curves_png(results, evals) if plots or not lm else None
     counts, confusion_problem = _last_confusion(results)
     class_names = None if counts is None else _class_names(results, len(counts))
     if plots:
@@ -1081,6 +1737,13 @@ def write_report(run_dir: str | os.PathLike[str], plots: bool = True) -> Path:
             atomic_write_bytes(run_dir / "plots" / "confusion.png", _png(figure))
     if curves_png is not None:
         atomic_write_bytes(run_dir / "plots" / "curves.png", curves_png)
+    if plots and lm:
+        for name, figure in (
+            ("loss", _lm_curves_figure(results, events)),
+            ("lr", _lr_figure(results, events)),
+        ):
+            if figure is not None:
+                atomic_write_bytes(run_dir / "plots" / f"{name}.png", _png(figure))
 
     meta: list[tuple[str, Any]] = [
         ("method", method),
@@ -1106,6 +1769,13 @@ def write_report(run_dir: str | os.PathLike[str], plots: bool = True) -> Path:
         "<h2>Matrix</h2>",
         _matrix_table(results),
     ]
+    if lm:
+        body += [
+            _ppl_legend(results),
+            "<h2>Tokens, throughput and forgetting</h2>",
+            _lm_meta(results),
+            _lm_table(results),
+        ]
     per_class = _per_class_table(results)
     if per_class is not None:
         body += ["<h2>Per-class accuracy</h2>", per_class]
@@ -1124,7 +1794,9 @@ def write_report(run_dir: str | os.PathLike[str], plots: bool = True) -> Path:
     if gap is not None:
         body += ["<h2>Stability gap</h2>", gap]
     body.append("<h2>During training</h2>")
-    if curves_png is not None:
+    if lm:
+        body += _lm_training(results, events)
+    elif curves_png is not None:
         body.append(_img(curves_png, f"{metric} on each test set over training steps"))
     else:
         body.append(

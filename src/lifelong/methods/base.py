@@ -55,6 +55,8 @@ class Context:
     seen: list[Experience]  # experiences so far, the current one included (never future ones)
     epoch: int = 0
     step: int = 0  # optimizer steps taken so far in the whole run
+    local_step: int = 0  # optimizer steps taken so far in this experience
+    total_steps: int = 0  # optimizer steps this experience takes
 
 
 class Method:

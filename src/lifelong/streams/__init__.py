@@ -11,6 +11,7 @@ from lifelong.streams.scenarios import (
     task_incremental,
 )
 from lifelong.streams.text import text_domains
+from lifelong.streams.text_files import read_text_domains
 
 __all__ = [
     "Experience",
@@ -20,6 +21,7 @@ __all__ = [
     "from_files",
     "online",
     "permuted",
+    "read_text_domains",
     "rotated",
     "subsample",
     "task_incremental",
