@@ -304,6 +304,28 @@ def predict(
     console.print(f"wrote {count} to {path}", highlight=False)
 
 
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory of a language model, with a checkpoint")],
+    out_dir: Annotated[Path, typer.Argument(help="a new (or empty) folder")],
+    merge_adapters: Annotated[
+        bool,
+        typer.Option(
+            "--merge-adapters", help="merge LoRA adapters into the weights (default: a peft adapter folder)"
+        ),
+    ] = False,
+) -> None:
+    """Write a run's language model as a Hugging Face folder: AutoModelForCausalLM.from_pretrained(OUT_DIR)
+    loads it, with its tokenizer."""
+    from lifelong.lm.export import export_run
+
+    try:
+        path = export_run(run_dir, out_dir, merge_adapters=merge_adapters)
+    except LifelongError as err:
+        _fail(err)
+    console.print(f"exported to {path}", highlight=False)
+
+
 def _unique_names(run_dirs: Sequence[Path]) -> list[str]:
     """Folder names; where two runs share one, as many parent folders as tell them apart (then -2, -3)."""
     parts = [d.resolve().parts for d in run_dirs]

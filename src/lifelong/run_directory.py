@@ -208,7 +208,7 @@ def stream_info(stream: Stream) -> dict[str, Any]:
     }
     if stream.kind == "classification":
         out["label_names"] = label_names(stream)
-    for key in ("feature_names", "normalizer", "columns", "layout"):
+    for key in ("feature_names", "normalizer", "columns", "layout", "tokenizer", "tokenizer_hash", "eos_id"):
         if key in stream.info:
             out[key] = _as_json(stream.info[key])
     return out

@@ -28,7 +28,7 @@ class CausalLM(nn.Module):
 
     def __init__(self, model: nn.Module, tokenizer: Any = None) -> None:
         super().__init__()
-        self.model = model
+        self.model: Any = model  # a transformers PreTrainedModel (typed loosely: transformers is optional)
         self.tokenizer = tokenizer
 
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
