@@ -79,14 +79,22 @@ def _corpus(cfg: RunConfig) -> TextCorpus:
     )
 
 
+def _bpe(cfg: RunConfig, corpus: TextCorpus) -> Any:
+    """`model: {name: gpt, tokenizer: bpe}`: a BPE trained on the stream's text (cached: the same text gives
+    the same tokenizer, so a resumed or continued run gets it back), else None."""
+    if getattr(cfg.model, "tokenizer", "bytes") != "bpe":
+        return None
+    from lifelong.lm.bpe import train_bpe
+
+    names = cfg.scenario.domains or list(corpus.domains)
+    picked = TextCorpus(corpus.name, {d: corpus.domains[d] for d in names if d in corpus.domains})
+    return train_bpe(picked, vocab_size=getattr(cfg.model, "vocab_size", None) or 4096)
+
+
 def _text_stream(cfg: RunConfig, corpus: TextCorpus, tokenizer: Any) -> Stream:
     sc = cfg.scenario
-    if tokenizer is None and getattr(cfg.model, "tokenizer", "bytes") == "bpe":
-        from lifelong.lm.bpe import train_bpe
-
-        names = sc.domains or list(corpus.domains)
-        picked = TextCorpus(corpus.name, {d: corpus.domains[d] for d in names if d in corpus.domains})
-        tokenizer = train_bpe(picked, vocab_size=getattr(cfg.model, "vocab_size", None) or 4096)
+    if tokenizer is None:
+        tokenizer = _bpe(cfg, corpus)
     if tokenizer is None and sc.max_tokens is None and sc.max_test_tokens is None and sc.type == "domains":
         # bytes, no token budget: the original packing (its streams and results stay as they were)
         return text_domains(
@@ -230,18 +238,46 @@ def run_config(
 def stream_for(cfg: RunConfig, tokenizer: Any = None) -> Stream:
     """The stream a run trains on: the one its config names, then the data it was continued with."""
     stream = build_stream(cfg, tokenizer)
+    if cfg.continued and stream.kind == "language_modeling" and tokenizer is None:
+        tokenizer = _bpe(cfg, _corpus(cfg))
     for path in cfg.continued:
-        stream = _appended(stream, _new_experiences(cfg, stream, path))
+        if stream.kind == "language_modeling":
+            more = _new_text_experiences(cfg, stream, path, tokenizer)
+        else:
+            more = _new_experiences(cfg, stream, path)
+        stream = _appended(stream, more)
     return stream
+
+
+def _new_text_experiences(cfg: RunConfig, stream: Stream, path: str, tokenizer: Any) -> Stream:
+    """New text (a file, or a folder of one file or folder per experience) as experiences of the run's
+    stream: read with the run's text options, tokenized with its tokenizer into blocks of its size."""
+    from lifelong.lm.tokens import token_domains
+    from lifelong.streams.text import ByteTokenizer
+    from lifelong.streams.text_files import read_text_domains
+
+    sc = cfg.scenario
+    corpus = read_text_domains(path, text_column=sc.text_column or "text", encoding=sc.encoding)
+    new = token_domains(
+        corpus,
+        tokenizer if tokenizer is not None else ByteTokenizer(),
+        block_size=int(stream.input_shape[0]),
+        max_tokens=sc.max_tokens,
+        max_test_tokens=sc.max_test_tokens,
+        test_fraction=sc.test_fraction,
+        seed=sc.seed,
+    )
+    if new.num_classes != stream.num_classes:
+        raise DataError(
+            f"{path}: its tokenizer gives {new.num_classes} token ids but the run's model has "
+            f"{stream.num_classes}; continue with the tokenizer the run was trained with"
+        )
+    return new
 
 
 def _new_experiences(cfg: RunConfig, stream: Stream, path: str) -> Stream:
     """The experiences in `path` (a file, or a folder of one file or folder per experience), read with the
     run's own table options, its class names (in its order) and its feature scaling."""
-    if stream.kind != "classification":
-        raise ConfigError(
-            "continuing a run with new files works for classification streams; this run models language"
-        )
     if stream.task_classes is not None:
         raise ConfigError(
             "this run's stream has task labels (task-incremental): new files would have none; start a new run"

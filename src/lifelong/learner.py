@@ -279,6 +279,10 @@ class Learner:
             )
         else:
             p = checkpoint["progress"]
+            if not classifying and "tokens" not in p:  # a checkpoint of lifelong <= 0.1: no token counts
+                done = p["experience"] + (1 if p["epoch"] or p["batch"] else 0)
+                p.update(tokens=0, tokens_seen=[0] * done, train_seconds=[0.0] * done)
+                p["experience_steps"] = [0] * done
             self._truncate_events(p["events_bytes"])
             done = len(p["initial"])
             if done < len(stream):  # continued with new experiences: the matrix grows to the right
@@ -624,8 +628,8 @@ def _enable_gradient_checkpointing(model: nn.Module) -> None:
     if not callable(enable):
         raise ConfigError(
             f"train.gradient_checkpointing: {type(model).__name__} has no gradient_checkpointing_enable(); "
-            "the built-in 'gpt' and Hugging Face models have it (wrap your blocks in "
-            "torch.utils.checkpoint to add it to a model of your own), or set gradient_checkpointing: false"
+            "the built-in 'gpt' and Hugging Face models have it (to add it to a model of your own, run its "
+            "blocks through torch.utils.checkpoint.checkpoint), or set gradient_checkpointing: false"
         )
     enable()
 

@@ -12,6 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 class CausalSelfAttention(nn.Module):
@@ -63,6 +64,7 @@ class TinyGPT(nn.Module):
     ) -> None:
         super().__init__()
         self.block_size = block_size
+        self.checkpointing = False
         self.tok = nn.Embedding(vocab_size, n_embd)
         self.pos = nn.Embedding(block_size, n_embd)
         self.blocks = nn.Sequential(*[Block(n_embd, n_head, dropout) for _ in range(n_layer)])
@@ -90,7 +92,16 @@ class TinyGPT(nn.Module):
             raise ValueError(f"sequence length {t} exceeds the model's block_size {self.block_size}")
         pos = torch.arange(t, device=idx.device)
         x = self.tok(idx) + self.pos(pos)
-        return self.head(self.ln_f(self.blocks(x)))
+        if self.checkpointing and self.training:
+            for block in self.blocks:
+                x = checkpoint(block, x, use_reentrant=False)
+        else:
+            x = self.blocks(x)
+        return self.head(self.ln_f(x))
+
+    def gradient_checkpointing_enable(self) -> None:
+        """Recompute each block's activations in the backward pass instead of keeping them (less memory)."""
+        self.checkpointing = True
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0) -> torch.Tensor:
