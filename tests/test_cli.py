@@ -609,7 +609,17 @@ def test_every_template_is_a_valid_config():
     from lifelong.config import parse_config
 
     names = sorted(p.stem for p in TEMPLATES.glob("*.yaml"))
-    assert names == ["files", "first", "online", "permuted", "rotated", "task_incremental", "text"]
+    assert names == [
+        "cpt_gpt",
+        "cpt_smollm2",
+        "files",
+        "first",
+        "online",
+        "permuted",
+        "rotated",
+        "task_incremental",
+        "text",
+    ]
     for path in TEMPLATES.glob("*.yaml"):
         parse_config(yaml.safe_load(path.read_text()))
 

@@ -380,6 +380,9 @@ class LoRAConfig(Strict):
     alpha: float = Field(16.0, gt=0.0)
     targets: list[str] | None = None  # names of the Linear layers to adapt; default: all but the head
     train_head: bool = True
+    # True: merge into the weights and start a fresh adapter at every experience; False: one adapter over the
+    # whole stream on a frozen base (checkpoints then store the adapters and the base's SHA-256 only)
+    merge: bool = True
 
 
 class HFTConfig(Strict):

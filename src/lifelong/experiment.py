@@ -86,9 +86,30 @@ def _bpe(cfg: RunConfig, corpus: TextCorpus) -> Any:
         return None
     from lifelong.lm.bpe import train_bpe
 
-    names = cfg.scenario.domains or list(corpus.domains)
-    picked = TextCorpus(corpus.name, {d: corpus.domains[d] for d in names if d in corpus.domains})
-    return train_bpe(picked, vocab_size=getattr(cfg.model, "vocab_size", None) or 4096)
+    sc = cfg.scenario
+    names = sc.domains or list(corpus.domains)
+    picked = {d: corpus.domains[d] for d in names if d in corpus.domains}
+    if sc.max_tokens is not None:
+        # with a token budget, the BPE learns from about as much text per domain as the stream keeps (~4
+        # characters a token, with room to spare): not from a whole 12M-token dictionary for 20k tokens
+        picked = {
+            d: _first_characters(docs, 8 * (sc.max_tokens + (sc.max_test_tokens or 0)))
+            for d, docs in picked.items()
+        }
+    return train_bpe(
+        TextCorpus(corpus.name, picked), vocab_size=getattr(cfg.model, "vocab_size", None) or 4096
+    )
+
+
+def _first_characters(docs: list[str], limit: int) -> list[str]:
+    """The documents, in order, up to `limit` characters in all (the last one cut)."""
+    out, left = [], limit
+    for doc in docs:
+        if left <= 0:
+            break
+        out.append(doc[:left])
+        left -= len(doc)
+    return out
 
 
 def _text_stream(cfg: RunConfig, corpus: TextCorpus, tokenizer: Any) -> Stream:

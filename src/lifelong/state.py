@@ -111,13 +111,34 @@ def _tied_names(model: nn.Module) -> set[str]:
     return tied
 
 
-def _model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+def _model_tensors(model: nn.Module, only: set[str] | None = None) -> dict[str, torch.Tensor]:
     tied = _tied_names(model)  # stored once: safetensors refuses shared storage
     return {
         name: t.detach().cpu().contiguous().clone()
         for name, t in model.state_dict().items()
-        if name not in tied
+        if name not in tied and (only is None or name in only)
     }
+
+
+def changing_names(model: nn.Module, methods: list[Any]) -> set[str] | None:
+    """The state-dict keys a checkpoint must store, when a method keeps the rest of the model fixed for the
+    whole run (LoRA with `merge: false`: adapters on a frozen base), else None (store everything). The fixed
+    part is then recorded by its SHA-256 only: a 135M-parameter base is not written at every checkpoint, and
+    a restore checks that the model it goes into has exactly that base."""
+    for method in methods:
+        if getattr(method, "frozen_base", False):
+            return set(method.changing_names(model))
+    return None
+
+
+def _base_digest(model: nn.Module, changing: set[str]) -> dict[str, Any]:
+    """SHA-256 of the model's fixed tensors (those not in `changing`), and their names."""
+    fixed = {n: t for n, t in _model_tensors(model).items() if n not in changing}
+    h = hashlib.sha256()
+    for name, tensor in fixed.items():
+        h.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        h.update(tensor.view(torch.uint8).numpy().data if tensor.numel() else b"")
+    return {"sha256": h.hexdigest(), "names": sorted(fixed)}
 
 
 def _optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -170,7 +191,10 @@ def save_checkpoint(
     def put(fname: str, data: bytes) -> None:
         files[fname] = atomic_write_bytes(tmp / fname, data)
 
-    put("model.safetensors", st_save(_model_tensors(model)))
+    changing = changing_names(model, methods)
+    put("model.safetensors", st_save(_model_tensors(model, changing)))
+    if changing is not None:
+        put("base.json", _json_bytes(_base_digest(model, changing)))
     if optimizer is not None:
         tensors, meta = _optimizer_state(optimizer)
         put("optimizer.safetensors", st_save(tensors))
@@ -253,6 +277,7 @@ def read_checkpoint(run_dir: str | Path) -> dict[str, Any]:
             )
         blobs[fname] = data
     out: dict[str, Any] = {"path": ckpt, "model": st_load(blobs["model.safetensors"])}
+    out["base"] = json.loads(blobs["base.json"]) if "base.json" in blobs else None
     out["optimizer"] = (
         (st_load(blobs["optimizer.safetensors"]), json.loads(blobs["optimizer.json"]))
         if "optimizer.json" in blobs
@@ -291,6 +316,20 @@ def restore(
             f"checkpoint model does not fit this model ({err}); the run directory belongs to another model"
         ) from None
     tied = _tied_names(model)
+    base = checkpoint.get("base")
+    if base is not None:  # the checkpoint holds what changed; the rest must be the run's own base
+        if set(missing) - tied - set(base["names"]) or unexpected:
+            raise StateError(
+                f"checkpoint model does not fit this model (missing {sorted(set(missing) - tied)}, "
+                f"unexpected {sorted(unexpected)}); the run directory belongs to another model"
+            )
+        if _base_digest(model, set(saved))["sha256"] != base["sha256"]:
+            raise StateError(
+                "the checkpoint stores only the adapters (and what else trained); the base weights of the "
+                "model given differ from the ones the run was trained on (SHA-256 mismatch). Load the "
+                "same pretrained model (same folder, same dtype) the run started from"
+            )
+        missing = [m for m in missing if m not in base["names"]]
     if unexpected or set(missing) - tied:
         raise StateError(
             f"checkpoint model does not fit this model (missing {sorted(set(missing) - tied)}, "
