@@ -133,7 +133,7 @@ def current_checkpoint(run: Path) -> Path:
 CONFIG_ERRORS = {
     "unknown-data-set": (
         changed("data.name", "cifar10"),
-        ["`data.name`: unknown data set 'cifar10'", "available: digits, fashion_mnist, fortunes, mnist1d"],
+        ["`data.name`: unknown data set 'cifar10'", "available: austen, digits, fashion_mnist, fortunes"],
     ),
     "unknown-method": (
         changed("method", {"name": "ewq"}),
@@ -160,7 +160,10 @@ CONFIG_ERRORS = {
     ),
     "unknown-method-option": (
         changed("method.memroy", 5),
-        ["unknown key `method.memroy`", "allowed here: name, memory, batch_size, policy"],
+        [
+            "unknown key `method.memroy`",
+            "allowed here: name, memory, batch_size, policy, ratio, memory_tokens, source",
+        ],
     ),
     "wrong-type-int": (
         changed("train.epochs", "two"),
@@ -184,7 +187,10 @@ CONFIG_ERRORS = {
         changed("model", {"name": "cnn"}, changed("data.name", "mnist1d")),
         ["model 'cnn' needs images but 'mnist1d' is sequences; use model 'mlp'"],
     ),
-    "gpt-on-images": (changed("model", {"name": "gpt"}), ["model 'gpt' goes with text (scenario 'domains')"]),
+    "gpt-on-images": (
+        changed("model", {"name": "gpt"}),
+        ["model 'gpt' is a language model: it goes with text (scenario 'domains'"],
+    ),
     "text-without-domains": (
         changed("data", {"name": "fortunes"}),
         ["data set 'fortunes' is text: use scenario type 'domains'"],
@@ -228,7 +234,9 @@ def test_unknown_names_through_the_api():
         ConfigError, match="unknown method 'ewq'; choose one of naive, joint, cumulative, replay"
     ):
         build_method("ewq")
-    with pytest.raises(DataError, match="unknown data set 'cifar10'; available: digits, fashion_mnist"):
+    with pytest.raises(
+        DataError, match="unknown data set 'cifar10'; available: austen, digits, fashion_mnist"
+    ):
         load("cifar10")
 
 

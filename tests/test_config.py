@@ -117,14 +117,16 @@ def test_unknown_train_key_lists_train_options(first):
 def test_unknown_method_key_lists_that_methods_options(first):
     msg = error(changed(first, method={"name": "replay", "memroy": 200}))
     assert msg == (
-        "invalid config:\n  unknown key `method.memroy`; allowed here: name, memory, batch_size, policy"
+        "invalid config:\n  unknown key `method.memroy`; allowed here: "
+        "name, memory, batch_size, policy, ratio, memory_tokens, source"
     )  # one problem, not a second one about lists of methods
 
 
 def test_unknown_key_in_a_composed_method(first):
     msg = error(changed(first, method=[{"name": "naive"}, {"name": "replay", "size": 5}]))
     assert msg == (
-        "invalid config:\n  unknown key `method[1].size`; allowed here: name, memory, batch_size, policy"
+        "invalid config:\n  unknown key `method[1].size`; allowed here: "
+        "name, memory, batch_size, policy, ratio, memory_tokens, source"
     )
 
 
@@ -196,7 +198,12 @@ def test_unknown_dataset_lists_the_datasets(first):
     ("section", "value", "key", "allowed"),
     [
         ("train", {"optimizer": "rmsprop"}, "train.optimizer", "'sgd', 'adam' or 'adamw'"),
-        ("train", {"scheduler": "step"}, "train.scheduler", "'constant', 'cosine' or 'linear'"),
+        (
+            "train",
+            {"scheduler": "step"},
+            "train.scheduler",
+            "'constant', 'cosine', 'linear', 'continue' or 'wsd'",
+        ),
         ("scenario", {"type": "incremental"}, "scenario.type", "'class_incremental', 'task_incremental'"),
         ("method", {"name": "replay", "policy": "fifo"}, "method.policy", "'reservoir' or 'class_balanced'"),
     ],
@@ -265,7 +272,7 @@ def test_cnn_on_sequences_says_use_mlp(first):
 
 def test_gpt_on_images(first):
     msg = error(changed(first, model={"name": "gpt"}))
-    assert "model 'gpt' goes with text (scenario 'domains')" in msg
+    assert "model 'gpt' is a language model: it goes with text (scenario 'domains'" in msg
 
 
 def test_mlp_on_text(first):

@@ -556,9 +556,12 @@ def _describe(text: str) -> tuple[str, str, str, str]:
 
     raw = yaml.safe_load(text)
     scenario = raw["scenario"]
-    count = scenario.get("experiences") or len(scenario.get("domains") or [])
+    corpora = raw.get("data", {}).get("name") if raw.get("data") else None
+    listed = scenario.get("domains") or (corpora if isinstance(corpora, list) else [])
+    count = scenario.get("experiences") or len(listed)
     experiences = f" x {count}" if count else ""
-    data = raw["data"]["name"] if raw.get("data") else "your files"
+    name = raw["data"]["name"] if raw.get("data") else "your files"
+    data = " + ".join(name) if isinstance(name, list) else name
     methods = raw["method"] if isinstance(raw["method"], list) else [raw["method"]]
     return (
         scenario["type"] + experiences,
