@@ -31,6 +31,7 @@ from lifelong.learner import Predicting
 from lifelong.methods.base import Method, overrides
 from lifelong.objectives import Classification
 from lifelong.run_directory import RUN_INFO
+from lifelong.schedules import HotWeights
 from lifelong.streams.experience import Stream
 from lifelong.streams.files import _file_format
 from lifelong.streams.tables import Part, _read_frame
@@ -160,6 +161,10 @@ def load(
         if overrides(method, "setup"):
             method.setup(model)  # e.g. LoRA adapters: the structure the checkpoint was saved with
     checkpoint = st.read_checkpoint(run_dir)
+    saved = [name for name, _ in checkpoint["methods"]]
+    if saved[len(methods) :] == [HotWeights.name]:
+        # the loop's own state (wsd's pre-cool-down weights): kept for training, not used for inference
+        checkpoint["methods"] = checkpoint["methods"][: len(methods)]
     st.restore(checkpoint, model=model, optimizer=None, methods=methods)
     tasks = shape.get("task_classes")
     return TrainedModel(

@@ -183,6 +183,8 @@ class Learner:
         for method in self.methods:
             method.check(stream, objective, self.methods)
         config = self.config(stream)
+        if self.train.gradient_checkpointing:  # a model without it fails here, with nothing written
+            _enable_gradient_checkpointing(self.model)
         for method in self.methods:
             if overrides(method, "setup"):
                 # e.g. adapters: the model's structure must match the checkpoint. Before the run directory
@@ -302,8 +304,6 @@ class Learner:
         log_every = train.log_every
         accum = train.grad_accum
         bar = TrainingProgress(enabled=self.show_progress)
-        if train.gradient_checkpointing:
-            _enable_gradient_checkpointing(model)
         autocast = _autocast(train)
         counts_tokens = not classifying
         if device.startswith("cuda"):
@@ -365,6 +365,7 @@ class Learner:
                         optimizer.zero_grad(set_to_none=True)
                         loss = None
                         micro = range(s * accum, min((s + 1) * accum, n_batches))
+                        rows = min((s + 1) * accum * bs, n) - s * accum * bs  # samples in this step
                         for b in micro:
                             idx = order[b * bs : (b + 1) * bs]
                             batch = Split(data.x[idx], data.y[idx], None if data.t is None else data.t[idx])
@@ -382,7 +383,8 @@ class Learner:
                                     if extra is not None:
                                         part = part + extra
                             if len(micro) > 1:
-                                part = part / len(micro)  # the step's gradient: the mean over its batches
+                                # the step's gradient: the mean over its samples, as one big batch gives
+                                part = part * (len(idx) / rows)
                             part.backward()
                             loss = part.detach() if loss is None else loss + part.detach()
                             if counts_tokens:

@@ -8,8 +8,8 @@ an unbroken run would have set.
               Scalable Strategies to Continually Pre-train Large Language Models")
     linear    re-warm + linear re-decay at every experience
     constant  `lr` throughout (after a warm-up at every experience, if `warmup_steps`)
-    continue  no re-warm: the first experience warms up and decays to `min_lr` (cosine), later ones go on at
-              that final LR (the "no re-warming" baseline of the paper)
+    continue  no re-warm: the first experience warms up and decays (cosine) towards `min_lr`, later ones go
+              on at `min_lr` (the "no re-warming" baseline of the paper)
     wsd       warmup-stable-decay, the "infinite" schedule (Hägele et al., 2024, "Scaling Laws and
               Compute-Optimal Training Beyond Fixed Training Durations"; Ibrahim et al.): warm up once, hold
               `lr`, cool down linearly to `min_lr` over the last `cooldown` share of every experience. With
@@ -35,7 +35,8 @@ from lifelong.training import TrainConfig
 
 def cooldown_start(train: TrainConfig, total: int) -> int:
     """wsd: the first step of the cool-down in an experience of `total` steps (at least one step cools)."""
-    return total - max(1, math.ceil(train.cooldown_share * total))
+    # rounded first: 0.07 * 100 is 7.000000000000001 in floating point, and 7 steps should cool, not 8
+    return total - max(1, math.ceil(round(train.cooldown_share * total, 9)))
 
 
 def lr_at(train: TrainConfig, experience: int, step: int, total: int) -> float:

@@ -48,6 +48,11 @@ class TrainConfig(BaseModel):
     def _combination(self) -> TrainConfig:
         if self.momentum and self.optimizer != "sgd":
             raise ValueError(f"`momentum` is an option of optimizer 'sgd', not {self.optimizer!r}")
+        if self.scheduler == "continue" and self.min_lr == 0:
+            raise ValueError(
+                "scheduler 'continue' trains every experience after the first at `min_lr`, which is 0: "
+                "set min_lr > 0 (e.g. lr / 10)"
+            )
         if self.min_lr > self.lr:
             raise ValueError(f"`min_lr` ({self.min_lr}) is above `lr` ({self.lr}); the schedule decays to it")
         if self.scheduler != "wsd":

@@ -53,4 +53,8 @@ class CausalLM(nn.Module):
 
     def gradient_checkpointing_enable(self) -> None:
         """Recompute activations in the backward pass instead of keeping them: less memory, ~30% more time."""
-        self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        options = {"use_reentrant": False}
+        if hasattr(self.model, "activation_checkpointing_enable"):  # the name in recent transformers
+            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+        else:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)

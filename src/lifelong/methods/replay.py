@@ -12,7 +12,8 @@ Two ways to mix:
 
 Where replayed samples come from (`source`):
 - `memory` (default): a reservoir (or class-balanced) memory of `memory` samples, filled online during the
-  first epoch of each experience; for language models `memory_tokens` gives the budget in tokens instead.
+  first epoch of each experience (by share: with each experience once it is over, so that only earlier
+  experiences are replayed); for language models `memory_tokens` gives the budget in tokens instead.
 - `stream`: the earlier experiences' own training data, as the paper does, referenced instead of copied (for
   token streams that data is the cached token array): the state holds no samples, only counters.
 """
@@ -129,6 +130,8 @@ class Replay(Method):
         if has_old:
             target = round((self.offered + len(batch)) * self.ratio)  # type: ignore[operator]
             count = min(max(target - self.replayed, 0), len(batch))
+            if self.source == "memory":
+                count = min(count, len(self.memory))
             self.offered += len(batch)
             self.replayed += count
         kept = (
@@ -143,8 +146,6 @@ class Replay(Method):
         replayed = None
         if count:
             replayed = self._from_stream(ctx, count) if self.source == "stream" else self.memory.sample(count)
-        if self.source == "memory" and self.policy == "reservoir" and ctx.epoch == 0 and len(kept):
-            self.memory.add(kept)  # only what is trained on now enters the memory
         return kept if replayed is None else _joined(kept, replayed)
 
     def _from_stream(self, ctx: Context, count: int) -> Split | None:
@@ -165,12 +166,21 @@ class Replay(Method):
     def end(self, ctx: Context) -> None:
         if self.policy == "class_balanced":
             self.memory.rebalance(ctx.experience.train)
+        elif self.ratio is not None and self.source == "memory":
+            # by share, the memory holds earlier experiences only (replaying the current one's own batches
+            # would spend the share on data being trained on anyway): the reservoir sees each experience
+            # once it is over, in order
+            self.memory.add(ctx.experience.train)
 
     def state_dict(self) -> dict[str, Any]:
         counters = {"offered": self.offered, "replayed": self.replayed}
         return {**counters, **{f"memory.{k}": v for k, v in self.memory.state_dict().items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.memory_tokens is not None and "memory.capacity" in state:
+            # sized from the stream's block size in `check`, which loading for inference does not call
+            self.memory_size = int(state["memory.capacity"])
+            self.memory = ReplayMemory(self.memory_size, self.policy, self.seed)
         self.offered = int(state.get("offered", 0))
         self.replayed = int(state.get("replayed", 0))
         self.memory.load_state_dict(
