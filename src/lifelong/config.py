@@ -330,6 +330,7 @@ class EWCConfig(Strict):
     name: Literal["ewc"]
     strength: float = Field(ewc.DEFAULT_STRENGTH, ge=0.0)
     samples: int | None = Field(1000, ge=1)  # samples per experience for the Fisher; None: all
+    fisher_tokens: int | None = Field(None, ge=1)  # language models: positions per sequence; None: all
 
 
 class OnlineEWCConfig(Strict):
@@ -337,6 +338,7 @@ class OnlineEWCConfig(Strict):
     strength: float = Field(ewc.DEFAULT_STRENGTH, ge=0.0)
     gamma: float = Field(1.0, gt=0.0, le=1.0)  # decay of the running Fisher
     samples: int | None = Field(1000, ge=1)
+    fisher_tokens: int | None = Field(None, ge=1)  # language models: positions per sequence; None: all
 
 
 class SIConfig(Strict):

@@ -10,29 +10,55 @@ training data, and the weights theta*_k are stored; later experiences pay
     EWC:        strength/2 * sum_k sum_i F_k,i (theta_i - theta*_k,i)^2     (one term per past experience)
     online EWC: strength/2 * sum_i gamma F_i (theta_i - theta*_i)^2,  F <- gamma F + F_new, theta* the latest.
 
-Choices. The Fisher is the "true" Fisher with the model's predicted label: the squared gradient of
--log p(argmax p(.|x) | x) for each sample, as van de Ven et al.'s `continual-learning` code does (`pred`);
-it needs no random label draw, so it is deterministic and cheap to resume. Per-sample gradients come from
-`torch.func` (functional_call + vmap(grad)) in chunks sized to a memory budget, never a Python loop per
-sample. Task-incremental streams go through the objective's masked forward (each sample's own head); a
-language-modelling sample is a sequence whose loss is its mean token loss against the predicted tokens.
+Choices. For classification the Fisher is the "true" Fisher with the model's predicted label: the squared
+gradient of -log p(argmax p(.|x) | x) for each sample, as van de Ven et al.'s `continual-learning` code does
+(`pred`); it needs no random label draw, so it is deterministic and cheap to resume. Per-sample gradients
+come from `torch.func` (functional_call + vmap(grad)) in chunks sized to a memory budget, never a Python loop
+per sample. Task-incremental streams go through the objective's masked forward (each sample's own head).
+
+For language modelling a sample is a sequence and the Fisher is the true Fisher of the next-token
+distributions, estimated with the target token SAMPLED from the model's own predictive distribution at
+`fisher_tokens` random positions of each of `samples` sequences (all positions if None): per sequence, the
+squared gradient of the summed log-likelihood of the sampled tokens, divided by the number of positions, so
+F is per token, the unit of the training loss. Why sampled, not the true next tokens or the argmax:
+- the empirical Fisher (true next tokens) is the squared gradient of the training loss, not the curvature
+  of the model's distribution; it is biased wherever the model does not fit the data (Kunstner et al.,
+  NeurIPS 2019, "Limitations of the empirical Fisher approximation"), i.e. exactly on a new domain;
+- a next-token distribution is flat (high entropy) where a classifier's is peaked, so the argmax label
+  stands for the expectation over the vocabulary much worse than it does for classes;
+- with sampled targets each position's score has mean zero (E_y[d log p(y)] = 0) and positions are drawn
+  independently given the input, so the cross terms of the squared sum over positions vanish in
+  expectation: one backward pass per sequence gives an unbiased estimate of the sum of per-position
+  Fishers, instead of one backward pass per token.
+The draws come from a generator seeded by (seed, experience index): one uniform number per position
+(inverse-CDF sampling on the model's device), so a resumed run draws the same tokens. Sequences are long
+enough that a backward pass per sequence costs what a vectorised chunk would (for a real language model
+the chunk is one sequence anyway), and Hugging Face models' attention-mask code cannot be vmapped: for
+language modelling (EWC, online EWC and MAS) per-sequence gradients come from a loop of ordinary backward
+passes (`torch.autograd.grad`, which leaves `.grad` alone), and no vmap probe is needed.
+
 EWC keeps the sum over experiences in closed form, sum_k F_k (theta - theta*_k)^2 =
 Fbar (theta - mu)^2 + C with Fbar = sum_k F_k, mu = sum_k F_k theta*_k / Fbar, so one step costs the same
 after 2 or 200 experiences; C (a constant, it changes no gradient) keeps the loss value exact. Online EWC
 multiplies the running Fisher by gamma in the penalty as Progress & Compress (and van de Ven's code) do.
 `samples` training samples (a seeded random subset) are used per experience; the last experience of a
 stream is not measured, since nothing would use it. Per-sample gradients are tried on two samples in
-`setup`, so a model torch.func cannot handle is refused before anything trains. MAS shares this machinery
-(`SampleImportance`, `per_sample_gradients`).
+`setup` (classification), so a model torch.func cannot handle is refused before anything trains. Only
+weights that train are measured, each tensor once (a tied output layer and embedding are one tensor). MAS
+shares this machinery (`SampleImportance`, `per_sample_gradients`).
+
+    >>> ewc = EWC(strength=10.0, samples=200, fisher_tokens=64)   # 200 sequences x 64 sampled positions
 """
 
 from __future__ import annotations
 
+import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
@@ -40,6 +66,7 @@ from lifelong.errors import ConfigError
 from lifelong.methods.base import Context, Method
 from lifelong.methods.penalty import check_strength, quadratic_penalty
 from lifelong.methods.tensor_state import Tensors, from_state, placed, to_state, trainable
+from lifelong.objectives import LanguageModeling
 from lifelong.streams.experience import Split, Stream
 
 DEFAULT_STRENGTH = 10.0
@@ -57,23 +84,75 @@ def subset(data: Split, samples: int | None, seed: int, index: int) -> Split:
     return data.subset(torch.randperm(len(data), generator=g)[:samples])
 
 
+def language_modelling(objective: Any) -> bool:
+    """Whether `objective` trains next-token prediction (a sample is a sequence of tokens)."""
+    return isinstance(objective, LanguageModeling)
+
+
 def per_sample_gradients(
     model: nn.Module,
     objective: Any,
     data: Split,
     score: Callable[[torch.Tensor], torch.Tensor],
     reduce: Callable[[torch.Tensor], torch.Tensor],
+    looped: bool | None = None,
 ) -> Tensors:
     """`mean over samples of reduce(d score(out(x)) / d theta)` for every trainable weight theta, where
     `out(x)` is the objective's forward of one sample (masked to its task in task-incremental streams).
 
-    Vectorised with torch.func: vmap(grad) over chunks of samples, with the model in eval mode (no dropout,
-    batch-norm running statistics), so every sample's gradient is that of the model as it is."""
-    weights = {name: p.detach() for name, p in trainable(model).items()}
-    others = {name: p.detach() for name, p in model.named_parameters() if name not in weights}
+    With the model in eval mode (no dropout, batch-norm running statistics), so every sample's gradient is
+    that of the model as it is. Vectorised with torch.func (vmap(grad) over chunks of samples), or with
+    `looped` (default: for language modelling, see the module docstring) one ordinary backward pass per
+    sample; a looped `score` may draw random numbers (it sees the samples one by one, in order)."""
+    weights = trainable(model)
+    total = {name: torch.zeros_like(p) for name, p in weights.items()}
+    if looped is None:
+        looped = language_modelling(objective)
+    was_training = model.training
+    model.eval()
+    try:
+        chunks = (_looped if looped else _vectorised)(model, objective, data, score, weights)
+        for grads in chunks:
+            for name, g in grads.items():
+                total[name] += reduce(g).sum(dim=0)
+    finally:
+        model.train(was_training)
+    return {name: value / len(data) for name, value in total.items()}
+
+
+def _looped(
+    model: nn.Module,
+    objective: Any,
+    data: Split,
+    score: Callable[[torch.Tensor], torch.Tensor],
+    weights: dict[str, nn.Parameter],
+) -> Iterator[Tensors]:
+    """Each sample's gradients ([1, ...] per weight), from one forward and backward pass per sample."""
+    params = list(weights.values())
+    device = params[0].device
+    for i in range(len(data)):
+        t = None if data.t is None else data.t[i : i + 1].to(device)
+        value = score(objective.forward(model, data.x[i : i + 1].to(device), t))
+        grads = torch.autograd.grad(value, params, allow_unused=True)
+        yield {
+            name: (torch.zeros_like(p) if g is None else g).unsqueeze(0)
+            for (name, p), g in zip(weights.items(), grads, strict=True)
+        }
+
+
+def _vectorised(
+    model: nn.Module,
+    objective: Any,
+    data: Split,
+    score: Callable[[torch.Tensor], torch.Tensor],
+    weights: dict[str, nn.Parameter],
+) -> Iterator[Tensors]:
+    """The gradients of chunks of samples ([chunk, ...] per weight), with vmap(grad)."""
+    detached = {name: p.detach() for name, p in weights.items()}
+    others = {name: p.detach() for name, p in model.named_parameters() if name not in detached}
     others.update(dict(model.named_buffers()))
-    device = next(iter(weights.values())).device
-    n_params = sum(p.numel() for p in weights.values())
+    device = next(iter(detached.values())).device
+    n_params = sum(p.numel() for p in detached.values())
     chunk = max(1, min(_MAX_CHUNK, _CHUNK_BYTES // (4 * n_params)))
 
     def one(params: Tensors, x: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor:
@@ -91,26 +170,15 @@ def per_sample_gradients(
         per_sample = vmap(grad(one_untasked), in_dims=(None, 0))
     else:
         per_sample = vmap(grad(one), in_dims=(None, 0, 0))
-    total = {name: torch.zeros_like(p) for name, p in weights.items()}
-    was_training = model.training
-    model.eval()
-    try:
-        with warnings.catch_warnings():
-            # some kernels (e.g. CPU flash attention) have no batching rule: slower, still correct
-            warnings.filterwarnings(
-                "ignore", message=".*performance drop because we have not yet implemented"
-            )
-            for i in range(0, len(data), chunk):
-                x = data.x[i : i + chunk].to(device)
-                if data.t is None:
-                    grads = per_sample(weights, x)
-                else:
-                    grads = per_sample(weights, x, data.t[i : i + chunk].to(device))
-                for name, g in grads.items():
-                    total[name] += reduce(g).sum(dim=0)
-    finally:
-        model.train(was_training)
-    return {name: value / len(data) for name, value in total.items()}
+    with warnings.catch_warnings():
+        # some kernels (e.g. CPU flash attention) have no batching rule: slower, still correct
+        warnings.filterwarnings("ignore", message=".*performance drop because we have not yet implemented")
+        for i in range(0, len(data), chunk):
+            x = data.x[i : i + chunk].to(device)
+            if data.t is None:
+                yield per_sample(detached, x)
+            else:
+                yield per_sample(detached, x, data.t[i : i + chunk].to(device))
 
 
 def predicted_label_nll(objective: Any) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -159,10 +227,64 @@ def fisher_diagonal(model: nn.Module, objective: Any, data: Split) -> Tensors:
     return per_sample_gradients(model, objective, data, predicted_label_nll(objective), torch.square)
 
 
+def sampled_token_nll(
+    tokens: int | None, generator: torch.Generator
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The score of one sequence's outputs [1, T, V] for the token-sampled Fisher: at `tokens` random
+    positions (all T if None or more), a target drawn from the model's own next-token distribution there;
+    the summed negative log-likelihood of those targets over sqrt(positions), so that the squared gradient is
+    the per-token Fisher estimate. Draws from `generator` (CPU): call it on the samples one by one."""
+
+    def score(out: torch.Tensor) -> torch.Tensor:
+        logits = out[0]  # [T, V]
+        length, vocab = logits.shape
+        k = length if tokens is None else min(tokens, length)
+        positions = torch.randperm(length, generator=generator)[:k].to(logits.device)
+        uniform = torch.rand(k, 1, generator=generator).to(logits.device)
+        chosen = logits.index_select(0, positions)
+        with torch.no_grad():
+            # inverse-CDF sampling: one uniform number per position (from the CPU generator, so a resumed
+            # run draws the same); `right`: a token of probability 0 is never drawn
+            cdf = chosen.detach().float().softmax(dim=-1).cumsum(dim=-1)
+            target = torch.searchsorted(cdf, uniform * cdf[:, -1:], right=True).squeeze(1)
+            target = target.clamp_(max=vocab - 1)
+        return F.cross_entropy(chosen, target, reduction="sum") / math.sqrt(k)
+
+    return score
+
+
+def sampled_token_fisher(
+    model: nn.Module, objective: Any, data: Split, tokens: int | None, generator: torch.Generator
+) -> Tensors:
+    """The diagonal Fisher of a language model on the sequences `data`, per token: the mean over sequences of
+    the squared gradient of `sampled_token_nll` (see the module docstring), one backward pass per sequence."""
+    score = sampled_token_nll(tokens, generator)
+    return per_sample_gradients(model, objective, data, score, torch.square, looped=True)
+
+
+def ewc_fisher(ctx: Context, data: Split, tokens: int | None, seed: int) -> Tensors:
+    """EWC's Fisher of the model now on `data`: with predicted labels (classification), or token-sampled
+    (language modelling) from a generator seeded by (seed, experience index)."""
+    if not language_modelling(ctx.objective):
+        return fisher_diagonal(ctx.model, ctx.objective, data)
+    generator = torch.Generator().manual_seed((seed * 1_000_003 + ctx.index * 7919 + 17) % (1 << 62))
+    return sampled_token_fisher(ctx.model, ctx.objective, data, tokens, generator)
+
+
+def check_tokens(name: str, tokens: int | None) -> None:
+    if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1):
+        raise ConfigError(
+            f"{name} fisher_tokens must be a whole number of at least 1 (or None for every position), "
+            f"got {tokens!r}"
+        )
+
+
 class SampleImportance(Method):
     """What EWC, online EWC and MAS share: importances measured on `samples` training samples at the end of
     each experience (not the last one of the stream: nothing would use it), with per-sample gradients that
-    are tried on two samples in `setup`, so a model torch.func cannot handle fails before anything trains."""
+    are tried on two samples in `setup`, so a model torch.func cannot handle fails before anything trains
+    (classification only: language modelling takes them in a loop of backward passes, which every model
+    that trains at all allows)."""
 
     def __init__(self, strength: float, samples: int | None, seed: int) -> None:
         check_strength(self.name, strength)
@@ -175,7 +297,9 @@ class SampleImportance(Method):
     def check(self, stream: Stream, objective: Any, methods: Sequence[Method]) -> None:
         self.experiences = len(stream)
         first = stream[0].train
-        self._probe = (objective, first.subset(torch.arange(min(2, len(first)))))
+        self._probe = None
+        if not language_modelling(objective):
+            self._probe = (objective, first.subset(torch.arange(min(2, len(first)))))
 
     def setup(self, model: nn.Module) -> None:
         if self._probe is not None:
@@ -192,13 +316,22 @@ class SampleImportance(Method):
 
 class EWC(SampleImportance):
     """Options: `strength` (lambda: the penalty is lambda/2 * sum_k F_k (theta - theta*_k)^2), `samples`
-    (training samples of each experience the Fisher is estimated on; None: all of them), `seed` (which
-    samples)."""
+    (training samples of each experience the Fisher is estimated on, sequences for language modelling;
+    None: all of them), `fisher_tokens` (language modelling: positions per sequence at which a target token
+    is sampled; None: every position), `seed` (which samples, positions and tokens)."""
 
     name = "ewc"
 
-    def __init__(self, strength: float = DEFAULT_STRENGTH, samples: int | None = 1000, seed: int = 0) -> None:
+    def __init__(
+        self,
+        strength: float = DEFAULT_STRENGTH,
+        samples: int | None = 1000,
+        seed: int = 0,
+        fisher_tokens: int | None = None,
+    ) -> None:
         super().__init__(strength, samples, seed)
+        check_tokens(self.name, fisher_tokens)
+        self.fisher_tokens = fisher_tokens
         # sum_k F_k and sum_k F_k theta*_k, and sum_k sum_i F_k,i theta*_k,i^2 (float64) for the constant
         self.fisher_sum: Tensors | None = None
         self.weighted_sum: Tensors | None = None
@@ -208,11 +341,13 @@ class EWC(SampleImportance):
         self._constant = 0.0  # derived: C
 
     def params(self) -> dict[str, Any]:
-        return {"strength": self.strength, "samples": self.samples}
+        # fisher_tokens only when set: the recorded config of a run without it stays as it was
+        tokens = {} if self.fisher_tokens is None else {"fisher_tokens": self.fisher_tokens}
+        return {"strength": self.strength, "samples": self.samples, **tokens}
 
     def fisher(self, ctx: Context) -> Tensors:
         """The diagonal Fisher of the model now, on (a sample of) the experience's training data."""
-        return fisher_diagonal(ctx.model, ctx.objective, self.data_sample(ctx))
+        return ewc_fisher(ctx, self.data_sample(ctx), self.fisher_tokens, self.seed)
 
     def loss(self, ctx: Context, batch: Split, out: torch.Tensor) -> torch.Tensor | None:
         if self.fisher_sum is None or self.strength == 0:
@@ -274,7 +409,8 @@ class EWC(SampleImportance):
 class OnlineEWC(SampleImportance):
     """Options: `strength` (lambda), `gamma` (decay of the running Fisher: F <- gamma F + F_new, and the
     penalty lambda/2 * gamma F (theta - theta*)^2 around the latest weights theta*), `samples` (training
-    samples of each experience the Fisher is estimated on; None: all), `seed` (which samples)."""
+    samples of each experience the Fisher is estimated on; None: all), `fisher_tokens` (language
+    modelling: sampled positions per sequence; None: all), `seed` (which samples, positions, tokens)."""
 
     name = "online_ewc"
 
@@ -284,20 +420,23 @@ class OnlineEWC(SampleImportance):
         gamma: float = 1.0,
         samples: int | None = 1000,
         seed: int = 0,
+        fisher_tokens: int | None = None,
     ) -> None:
         super().__init__(strength, samples, seed)
         if not 0.0 < gamma <= 1.0:  # also refuses nan
             raise ConfigError(f"{self.name} gamma must be in (0, 1], got {gamma}")
-        self.gamma = gamma
+        check_tokens(self.name, fisher_tokens)
+        self.gamma, self.fisher_tokens = gamma, fisher_tokens
         self.fisher_running: Tensors | None = None  # F* = gamma F*_prev + F_new
         self.anchor: Tensors | None = None  # weights at the end of the previous experience
 
     def params(self) -> dict[str, Any]:
-        return {"strength": self.strength, "gamma": self.gamma, "samples": self.samples}
+        tokens = {} if self.fisher_tokens is None else {"fisher_tokens": self.fisher_tokens}
+        return {"strength": self.strength, "gamma": self.gamma, "samples": self.samples, **tokens}
 
     def fisher(self, ctx: Context) -> Tensors:
         """The diagonal Fisher of the model now, on (a sample of) the experience's training data."""
-        return fisher_diagonal(ctx.model, ctx.objective, self.data_sample(ctx))
+        return ewc_fisher(ctx, self.data_sample(ctx), self.fisher_tokens, self.seed)
 
     def loss(self, ctx: Context, batch: Split, out: torch.Tensor) -> torch.Tensor | None:
         if self.fisher_running is None or self.anchor is None or self.strength == 0:

@@ -61,7 +61,8 @@ class FrozenFeatures(Method, ABC):
         if stream.kind != "classification":
             raise ConfigError(
                 f"method {self.name!r} classifies with class statistics of frozen features and needs a "
-                f"classification stream; {stream.name!r} is {stream.kind}: use another method"
+                f"classification stream; {stream.name!r} is {stream.kind}: use 'replay', 'lwf' or 'lora' "
+                "for language modelling"
             )
 
     def setup(self, model: nn.Module) -> None:

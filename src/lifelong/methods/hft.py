@@ -11,13 +11,15 @@ four attention projections), re-drawn at each training stage.
 Choices. The unit is a module's own parameters (a Linear's weight and bias go together, as the paper's
 matrices do). Units are grouped by layer, the module path up to its first numeric part (`blocks.0`,
 `features.3`; modules outside any numbered container form one group); a systematic sample over the units,
-shuffled within each layer, freezes `fraction` of them: every layer gets ⌊n·fraction⌋ or ⌈n·fraction⌉ of
-its n units, and one-unit layers (an MLP's hidden layers) alternate. The output layer (`model.head`, else
-the last module with parameters) always trains, a tied embedding with it: new classes or a new vocabulary
-distribution must reach the outputs. The choice is a pure function of (seed, experience index), so a
-resumed run makes it again without state. Freezing sets the gradients to None in `after_backward`: torch
-optimizers skip such parameters entirely, so neither momentum nor weight decay moves them. Place HFT
-before a method that reads gradients (A-GEM, GEM) so that it sees only the trainable half.
+shuffled within each layer, freezes `fraction` of them: every layer gets ⌊n·fraction⌋ or ⌈n·fraction⌉ of its n
+units, and one-unit layers (an MLP's hidden layers) alternate. The output layer (`model.head`, a Hugging Face
+model's output embeddings (`lm_head`), else the last module with parameters) always trains, a tied embedding
+with it: new classes or a new vocabulary distribution must reach the outputs. On a Llama the units of layer i
+are `model.layers.i`'s q/k/v/o and gate/up/down projections and its two norms. The choice is a pure function
+of (seed, experience index), so a resumed run makes it again without state. Freezing sets the gradients to
+None in `after_backward`: torch optimizers skip such parameters entirely, so neither momentum nor weight decay
+moves them. Place HFT before a method that reads gradients (A-GEM, GEM) so that it sees only the trainable
+half.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from torch import nn
 
 from lifelong.errors import ConfigError
 from lifelong.methods.base import Context, Method
+from lifelong.methods.lora import hugging_face_model
 
 
 class HFT(Method):
@@ -73,9 +76,17 @@ class HFT(Method):
 
 
 def _output_layer(model: nn.Module) -> nn.Module | None:
+    """`model.head`; a Hugging Face model's output embeddings (`lm_head`); else the last module with
+    parameters of its own."""
     head = getattr(model, "head", None)
     if isinstance(head, nn.Module) and any(True for _ in head.parameters()):
         return head
+    hf = hugging_face_model(model)
+    output_embeddings = getattr(hf, "get_output_embeddings", None)
+    if callable(output_embeddings):
+        head = output_embeddings()
+        if isinstance(head, nn.Module) and any(True for _ in head.parameters()):
+            return head
     owners = [m for m in model.modules() if any(True for _ in m.parameters(recurse=False))]
     return owners[-1] if owners else None
 

@@ -9,12 +9,15 @@ Which outputs: in a task-incremental stream (multi-head), each previous task's h
 logits, one KL per head, summed over the old heads as in the paper; in a class-incremental stream (one
 head), the logits of every class seen before this experience, in one softmax; in a domain-incremental
 stream (every class in every experience) all outputs; for language modelling the next-token distribution
-at every position (averaged over positions).
+at every position (averaged over positions), over every output row (a vocabulary padded beyond the
+tokenizer's included: the student must not move probability mass there either).
 
 Choices. The teacher's weights live in the state, so a resumed run distils from the same teacher; the
-forward pass runs on a frozen copy of the model built from them once per experience (eval mode, no
-gradient). A `torch.func.functional_call` with the stored weights would save that copy but cost ~0.3 ms
-of parameter swapping per step, 9 % of a step of an MLP 2x400 (bench/peers/avalanche.py, profiled).
+forward pass runs on a frozen copy of the model's modules built once per experience (eval mode, no
+gradient) whose parameters are the stored tensors themselves, not copies of them: the teacher costs one
+copy of the weights, also for a Hugging Face model of billions of them. A `torch.func.functional_call`
+with the stored weights would need no copy of the modules but costs ~0.3 ms of parameter swapping per
+step, 9 % of a step of an MLP 2x400 (bench/peers/avalanche.py, profiled).
 T^2 keeps the gradient's scale independent of T (Hinton et al. 2015). In task-incremental streams the
 loop's outputs are masked to each sample's own task, so the other heads' raw logits come from the same
 forward pass, taken by a forward hook on the model (registered in `setup`); if that output is not the one
@@ -150,17 +153,27 @@ class LwF(Method):
 
 
 def _frozen_copy(model: nn.Module, weights: Tensors) -> nn.Module:
-    """A copy of `model` holding `weights`, in eval mode, without gradients and without the model's hooks
-    (a hook bound to a method object would drag that object into the copy)."""
+    """A copy of `model` whose parameters and buffers ARE `weights` (shared, not copied: the teacher costs one
+    copy of the model's weights, the one in the state), in eval mode, without gradients and without the
+    model's hooks (a hook bound to a method object would drag that object into the copy).
+
+    `copy.deepcopy` is handed a memo that maps each live tensor to its stored counterpart, so the copy
+    never duplicates a weight, not even for a moment; tied weights stay tied (one tensor, one entry). A
+    tokenizer carried by the model (`CausalLM.tokenizer`) is shared too: the teacher never tokenizes."""
+    memo: dict[int, Any] = {}
+    for name, p in model.named_parameters():  # each tensor once, under the name `start` stored it
+        memo[id(p)] = nn.Parameter(weights[name], requires_grad=False)
+    for name, b in model.named_buffers():
+        memo[id(b)] = weights[name]
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is not None:
+        memo[id(tokenizer)] = tokenizer
     hooks = model._forward_hooks, model._forward_pre_hooks
     model._forward_hooks, model._forward_pre_hooks = OrderedDict(), OrderedDict()
     try:
-        teacher = copy.deepcopy(model)
+        teacher = copy.deepcopy(model, memo)
     finally:
         model._forward_hooks, model._forward_pre_hooks = hooks
-    with torch.no_grad():
-        for name, value in [*teacher.named_parameters(), *teacher.named_buffers()]:
-            value.copy_(weights[name])
     return teacher.eval().requires_grad_(False)
 
 

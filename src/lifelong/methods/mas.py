@@ -6,7 +6,8 @@ each experience, Omega_i += mean over samples x of |d ||f(x)||_2^2 / d theta_i|,
 label needed (the paper's unsupervised, global importance). Later experiences pay
 `strength * sum_i Omega_i (theta_i - theta*_i)^2` around the weights theta* at the end of the previous one.
 
-Choices. Per-sample gradients are vectorised with `torch.func` (vmap(grad), in chunks), as for EWC, on
+Choices. Per-sample gradients are vectorised with `torch.func` (vmap(grad), in chunks), as for EWC (for
+language modelling they come from a loop over sequences, which Hugging Face models need), on
 `samples` training samples of the experience (a seeded random subset; the last experience of a stream is
 not measured, nothing would use it). In task-incremental streams the outputs are the sample's own head (the
 objective masks the other tasks' outputs to -inf; only the finite ones count). For language modelling the
