@@ -167,6 +167,8 @@ def test_yaml_config_runs_a_text_stream(tmp_path):
         "n_head": 2,
         "n_embd": 32,
         "dropout": 0.0,
+        "tokenizer": "bytes",
+        "vocab_size": None,
     }
     # the stability gap follows the old domain while the new one trains; for perplexity "worse" is higher
     events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]

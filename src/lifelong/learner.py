@@ -102,7 +102,7 @@ class Results:
             out["tokens_per_second"] = self.tokens_per_second
             out["peak_memory_bytes"] = self.peak_memory_bytes
             out["experience_steps"] = self.experience_steps
-        if self.schedule is not None:
+        if self.schedule is not None and self.tokens_seen is not None:  # language models: the LR figure
             out["schedule"] = self.schedule
         return out
 
