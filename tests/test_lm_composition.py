@@ -139,6 +139,8 @@ def test_the_recipe_killed_and_resumed_equals_never_killed(text: Stream, tmp_pat
     from safetensors.torch import load_file
 
     assert all("lora_" in key for key in load_file(stored))  # the adapters only; the base by its hash
+    hot = next(stored.parent.glob("method-*-wsd_hot_weights.safetensors"))
+    assert all("lora_" in key for key in load_file(hot))  # the hot copy too: never the frozen base
     # the kill method is part of the checkpoint's method list: resume with a no-op of the same name
     model = llama()
     resumed = Learner(

@@ -161,10 +161,9 @@ def load(
         if overrides(method, "setup"):
             method.setup(model)  # e.g. LoRA adapters: the structure the checkpoint was saved with
     checkpoint = st.read_checkpoint(run_dir)
-    saved = [name for name, _ in checkpoint["methods"]]
-    if saved[len(methods) :] == [HotWeights.name]:
+    if HotWeights.name not in [m.name for m in methods]:
         # the loop's own state (wsd's pre-cool-down weights): kept for training, not used for inference
-        checkpoint["methods"] = checkpoint["methods"][: len(methods)]
+        checkpoint["methods"] = [(n, s) for n, s in checkpoint["methods"] if n != HotWeights.name]
     st.restore(checkpoint, model=model, optimizer=None, methods=methods)
     tasks = shape.get("task_classes")
     return TrainedModel(

@@ -154,7 +154,9 @@ class Learner:
             )
         check_composition(self.methods)  # e.g. two methods that both replace the loss: refuse now
         if self.train.scheduler == "wsd" and self.train.continue_from == "hot":
-            self.methods.append(HotWeights(self.train))  # part of the state, like any method's memory
+            # part of the state, like any method's memory; first, so that the next experience's `start`
+            # hooks see the hot weights
+            self.methods.insert(0, HotWeights(self.train))
         self.objective = objective
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.seed = seed

@@ -76,14 +76,21 @@ class HotWeights(Method):
 
     def batch(self, ctx: Context, batch: Any) -> Any:
         if ctx.index != self.kept_for and ctx.local_step >= cooldown_start(self.train, ctx.total_steps):
-            self.hot = {k: v.detach().to("cpu", copy=True) for k, v in ctx.model.state_dict().items()}
+            # what can change before the next experience: the weights that train and the buffers (frozen
+            # weights stay as they are; a 135M base under LoRA adapters is not copied)
+            changing = {id(p) for p in ctx.model.parameters() if p.requires_grad}
+            changing |= {id(b) for b in ctx.model.buffers()}
+            state = ctx.model.state_dict(keep_vars=True)
+            self.hot = {k: v.detach().to("cpu", copy=True) for k, v in state.items() if id(v) in changing}
             self.kept_for = ctx.index
         return batch
 
     @torch.no_grad()
     def start(self, ctx: Context) -> None:
+        # the loop runs this before the other methods' `start` (e.g. LoRA merges the adapter it finds: the
+        # hot one)
         if self.hot and self.kept_for == ctx.index - 1:
-            ctx.model.load_state_dict(self.hot)
+            ctx.model.load_state_dict(self.hot, strict=False)
 
     def state_dict(self) -> dict[str, Any]:
         return {"kept_for": self.kept_for, **{f"hot.{k}": v for k, v in self.hot.items()}}

@@ -451,7 +451,10 @@ def _checkpoint_method_names(run_dir: Path) -> list[str]:
 
 def _recorded_methods(run_dir: Path) -> list[Method]:
     """The run's methods rebuilt from its record (config.json), for a run whose model is passed in."""
-    names = _checkpoint_method_names(run_dir)
+    from lifelong.schedules import HotWeights
+
+    # the loop's own state (wsd's hot weights) is not a method of the run's record
+    names = [n for n in _checkpoint_method_names(run_dir) if n != HotWeights.name]
     if not names:
         return []
     config = _read(run_dir / "config.json")
