@@ -35,7 +35,7 @@ from lifelong.atomic import atomic_write_bytes, atomic_write_json
 from lifelong.datasets.base import TextCorpus, user_cache_dir
 from lifelong.errors import DataError
 from lifelong.streams.experience import Experience, Split, Stream
-from lifelong.streams.text import ByteTokenizer, vocab_size
+from lifelong.streams.text import ByteTokenizer, select_domains, vocab_size
 
 #: Bump when the layout of a cached token sequence changes: old entries are then simply not found.
 CACHE_FORMAT = 1
@@ -89,7 +89,7 @@ def token_domains(
         [('b', 10, 4), ('a', 10, 4)]
     """
     block_size = _check_options(block_size, max_tokens, max_test_tokens, test_fraction)
-    names = _select_domains(corpus, domains)
+    names = select_domains(corpus, domains)
     kind = _kind(tokenizer)
     vocab = vocab_size(tokenizer)
     eos = _eos_id(tokenizer, kind)
@@ -203,22 +203,6 @@ def _check_options(block_size: Any, max_tokens: Any, max_test_tokens: Any, test_
                 f"would keep a {split} block; raise {label} to at least {block_size} or lower block_size"
             )
     return block_size
-
-
-def _select_domains(corpus: TextCorpus, domains: list[str] | None) -> list[str]:
-    available = list(corpus.domains)
-    names = available if domains is None else list(domains)
-    if not names:
-        raise DataError(f"no domains selected; available: {', '.join(available)}")
-    unknown = [d for d in names if d not in corpus.domains]
-    if unknown:
-        raise DataError(
-            f"unknown domains {unknown} in corpus {corpus.name!r}; available: {', '.join(available)}"
-        )
-    repeated = sorted({d for d in names if names.count(d) > 1})
-    if repeated:
-        raise DataError(f"domains {repeated} are listed more than once; each domain is one experience")
-    return names
 
 
 # -------------------------------------------------------------------------------------------- tokenizers

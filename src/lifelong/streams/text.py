@@ -125,19 +125,7 @@ def text_domains(
         raise DataError(f"tokenizer {type(tokenizer).__name__} has no encode(str) -> list[int] method")
     vocab = vocab_size(tokenizer)
 
-    available = list(corpus.domains)
-    names = available if domains is None else list(domains)
-    if not names:
-        raise DataError(f"no domains selected; available: {', '.join(available)}")
-    unknown = [d for d in names if d not in corpus.domains]
-    if unknown:
-        raise DataError(
-            f"unknown domains {unknown} in corpus {corpus.name!r}; available: {', '.join(available)}"
-        )
-    repeated = sorted({d for d in names if names.count(d) > 1})
-    if repeated:
-        raise DataError(f"domains {repeated} are listed more than once; each domain is one experience")
-
+    names = select_domains(corpus, domains)
     span = block_size + 1
     experiences = []
     for i, name in enumerate(names):
@@ -184,6 +172,23 @@ def text_domains(
             "source": corpus.source,
         },
     )
+
+
+def select_domains(corpus: TextCorpus, domains: list[str] | None) -> list[str]:
+    """The domains of `corpus` a stream takes, in order (all of them for None), each once and each known."""
+    available = list(corpus.domains)
+    names = available if domains is None else list(domains)
+    if not names:
+        raise DataError(f"no domains selected; available: {', '.join(available)}")
+    unknown = [d for d in names if d not in corpus.domains]
+    if unknown:
+        raise DataError(
+            f"unknown domains {unknown} in corpus {corpus.name!r}; available: {', '.join(available)}"
+        )
+    repeated = sorted({d for d in names if names.count(d) > 1})
+    if repeated:
+        raise DataError(f"domains {repeated} are listed more than once; each domain is one experience")
+    return names
 
 
 def _split(blocks: torch.Tensor, index: np.ndarray) -> Split:
