@@ -316,9 +316,6 @@ def check_training_memory(
         ...                       precision=cfg.train.precision, eval_batch_size=cfg.train.eval_batch_size,
         ...                       device=cfg.train.device)
     """
-    _check_options(batch_size, block_size, optimizer, dtype)
-    config = _config_of(model)
-    parameters, trainable = count_parameters(config, methods)
     options: dict[str, Any] = {
         "batch_size": batch_size,
         "block_size": block_size,
@@ -329,9 +326,10 @@ def check_training_memory(
         "precision": precision,
         "eval_batch_size": eval_batch_size,
     }
-    estimate = _estimate(config, parameters, trainable, **options, device=device)
+    estimate = estimate_training_memory(model, methods=methods, device=device, **options)
     if estimate.fits:
         return estimate
+    config = _config_of(model)
     name = getattr(config, "_name_or_path", "") or getattr(config, "model_type", "model")
     fixes = _fixes(config, estimate, options, chooses_trainable=any(_chooses(m) for m in methods))
     raise ConfigError(
