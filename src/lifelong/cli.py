@@ -626,5 +626,14 @@ def demo(
     console.print(f"report: {report_path}", highlight=False)
 
 
+# --- the model store (lifelong.cli_store) -------------------------------------------------------------------
+
+from lifelong import cli_store  # noqa: E402  (typer and rich only: the store is imported when a command runs)
+
+app.add_typer(cli_store.store_app, name="store")
+app.command("update")(cli_store.update)
+app.command("forget")(cli_store.forget)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

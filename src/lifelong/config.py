@@ -91,6 +91,8 @@ ScenarioType = Literal[
 class ScenarioConfig(Strict):
     type: ScenarioType
     experiences: int | None = Field(None, ge=1)
+    # train on the first `until` experiences only; a store update with a larger `until` adds the next ones
+    until: int | None = Field(None, ge=1)
     seed: int = 0
     class_order: list[int] | None = None  # class-/task-incremental, online
     angles: list[float] | None = None  # rotated: one angle (degrees) per experience
@@ -483,6 +485,9 @@ class RunConfig(Strict):
     # data added after the run finished (`lifelong continue RUN --data PATH`): files or folders, in order,
     # each read like `scenario.path` and appended as new experiences
     continued: list[str] = []
+    # training samples left out of every experience, by id (the data's `id_column`, else content ids):
+    # what a deletion from a model store (`lifelong forget`) removed, so no later update brings them back
+    exclude_ids: list[str] = []
 
     @model_validator(mode="after")
     def _combination(self) -> RunConfig:

@@ -257,8 +257,17 @@ def run_config(
 
 
 def stream_for(cfg: RunConfig, tokenizer: Any = None) -> Stream:
-    """The stream a run trains on: the one its config names, then the data it was continued with."""
+    """The stream a run trains on: the one its config names (its first `scenario.until` experiences), then
+    the data it was continued with, less the training samples of `exclude_ids`."""
     stream = build_stream(cfg, tokenizer)
+    until = cfg.scenario.until
+    if until is not None:
+        if until > len(stream):
+            raise ConfigError(
+                f"scenario.until is {until} but the scenario has only {len(stream)} experiences; lower it "
+                "(or raise scenario.experiences)"
+            )
+        stream = replace(stream, experiences=stream.experiences[:until])
     if cfg.continued and stream.kind == "language_modeling" and tokenizer is None:
         tokenizer = _bpe(cfg, _corpus(cfg))
     for path in cfg.continued:
@@ -267,7 +276,24 @@ def stream_for(cfg: RunConfig, tokenizer: Any = None) -> Stream:
         else:
             more = _new_experiences(cfg, stream, path)
         stream = _appended(stream, more)
-    return stream
+    return _excluded(stream, cfg.exclude_ids) if cfg.exclude_ids else stream
+
+
+def _excluded(stream: Stream, ids: Sequence[str]) -> Stream:
+    """`stream` without the training samples whose id is in `ids` (deleted data)."""
+    from lifelong.streams.sample_ids import without_ids
+
+    drop = set(ids)
+    kept = []
+    for e in stream:
+        lean, _ = without_ids(e, drop)
+        if len(lean.train) == 0:
+            raise DataError(
+                f"excluding the deleted ids leaves experience {e.id + 1} ({e.domain or e.classes}) with no "
+                "training data; a version cannot train on it (drop that experience from the data)"
+            )
+        kept.append(lean)
+    return replace(stream, experiences=kept)
 
 
 def _new_text_experiences(cfg: RunConfig, stream: Stream, path: str, tokenizer: Any) -> Stream:

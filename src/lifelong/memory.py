@@ -99,7 +99,10 @@ class ReplayMemory:
         # algorithm R: sample number n (0-based) replaces slot j ~ U{0..n} if j < capacity
         draw = torch.rand(b, generator=self.generator, dtype=torch.float64)
         candidate = (draw * (position + 1).to(torch.float64)).long()
-        slots = torch.where(position < self.capacity, position, candidate)
+        # free slots are filled first: at the start (then the same as position < capacity), or the holes
+        # left by remove()
+        free = self.capacity - self.size
+        slots = torch.where(torch.arange(b) < free, torch.arange(self.size, self.size + b), candidate)
         accepted = slots < self.capacity
         slots, rows = slots[accepted], torch.nonzero(accepted).squeeze(1)
         if slots.numel() > 1:
@@ -111,7 +114,7 @@ class ReplayMemory:
             slots, rows = slots[last], rows[last]
         self._write(slots, batch, rows, extra)
         self.seen += b
-        self.size = min(self.capacity, self.seen)
+        self.size = min(self.capacity, self.size + b)
 
     def _add_greedy(self, data: Split, extra: dict[str, torch.Tensor]) -> None:
         """GDumb's greedy class-balanced sampler over the samples of `data`, in order."""
@@ -212,6 +215,28 @@ class ReplayMemory:
         assert self.x is not None and self.y is not None and self.t is not None
         t = self.t[index]
         return Split(self.x[index], self.y[index], t if bool((t >= 0).all()) else None)
+
+    def remove(self, drop: torch.Tensor) -> int:
+        """Delete the stored samples where `drop` ([size] bool) is True (data deleted on request): the
+        others move up, keeping their order; the freed slots are zeroed. Returns how many were removed.
+        Counts of samples offered (`seen`) are kept, so later reservoir draws stay unbiased."""
+        if self.x is None or self.size == 0:
+            return 0
+        assert self.y is not None and self.t is not None
+        if drop.shape != (self.size,):
+            raise ConfigError(
+                f"remove() takes one flag per stored sample ({self.size}), got {tuple(drop.shape)}"
+            )
+        keep = torch.nonzero(~drop).squeeze(1)
+        removed = self.size - int(keep.numel())
+        if removed == 0:
+            return 0
+        for tensor in (self.x, self.y, self.t, *self.extra.values()):
+            kept = tensor[keep].clone()
+            tensor[: kept.shape[0]] = kept
+            tensor[kept.shape[0] : self.size] = -1 if tensor is self.t else 0
+        self.size = int(keep.numel())
+        return removed
 
     def contents(self) -> Split:
         assert self.x is not None and self.y is not None and self.t is not None

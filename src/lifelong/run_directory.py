@@ -231,7 +231,10 @@ def _comparable(config: Any, extend: bool) -> Any:
     if not isinstance(config, dict):
         return config
     dropped = ("loggers", "continued", "stream") if extend else ("loggers",)  # loggers may change
-    return {k: v for k, v in config.items() if k not in dropped}
+    out = {k: v for k, v in config.items() if k not in dropped}
+    if extend and isinstance(out.get("scenario"), dict):  # a store update trains on more of the scenario
+        out["scenario"] = {k: v for k, v in out["scenario"].items() if k != "until"}
+    return out
 
 
 def _resume_hint(run_dir: Path, python_run: bool) -> str:

@@ -351,3 +351,40 @@ def weights_digest(model: nn.Module) -> str:
         h.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
         h.update(tensor.view(torch.uint8).numpy().data if tensor.numel() else b"")
     return h.hexdigest()
+
+
+def rewrite_checkpoint(run_dir: str | Path, *, model: nn.Module, methods: list[Any]) -> None:
+    """Replace the model's and the methods' files of the current checkpoint with the live objects' state,
+    keeping the optimizer, RNG and position (used when data is deleted from a trained model: the unlearned
+    weights and the purged memories). The checkpoint is written whole under a new name and then made
+    current, as `save_checkpoint` does, so a crash leaves the old one."""
+    read_checkpoint(run_dir)  # verified before it is edited
+    root = Path(run_dir) / CHECKPOINTS
+    index = read_json(root / LATEST, "checkpoint index")
+    old = root / index["checkpoint"]
+    name = f"{index['checkpoint']}-edited"
+    tmp = root / f".{name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(old, tmp, copy_function=shutil.copyfile)
+    files = dict(index["files"])
+    changing = changing_names(model, methods)
+    weights = st_save(_model_tensors(model, changing))
+    files["model.safetensors"] = atomic_write_bytes(tmp / "model.safetensors", weights)
+    for i, method in enumerate(methods):
+        state = method.state_dict()
+        check_method_state(method.name, state)
+        tensors, meta = split_state(state)
+        files[f"method-{i}-{method.name}.safetensors"] = atomic_write_bytes(
+            tmp / f"method-{i}-{method.name}.safetensors", st_save(tensors)
+        )
+        files[f"method-{i}-{method.name}.json"] = atomic_write_bytes(
+            tmp / f"method-{i}-{method.name}.json", _json_bytes(meta)
+        )
+    final = root / name
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    fsync_dir(root)
+    atomic_write_json(root / LATEST, {"checkpoint": name, "files": files})
+    remove_stale_checkpoints(run_dir, keep=name)
