@@ -16,7 +16,7 @@ DEB_DATA := austen=r-cran-janeaustenr=usr/lib/R/site-library/janeaustenr/data/Rd
   python_docs=python3.11-doc=usr/share/doc/python3.11/html/_sources/contents.rst.txt \
   gcide=dict-gcide=usr/share/dictd/gcide.dict.dz
 
-.PHONY: demo test lint data bench clean
+.PHONY: demo test lint data postgres bench clean
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -44,10 +44,18 @@ data:
 	  test $$ok = 0 || { echo "make data: could not get $$name: try apt-get download $$pkg" >&2; exit 1; }; \
 	done
 
+# `make postgres`: the PostgreSQL server programs the store's tests start (a server of their own, on a free
+# port, in a temporary folder: nothing system-wide is started or changed)
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || { \
+	  $(SUDO) apt-get install -y -q --no-install-recommends postgresql >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -q >/dev/null && \
+	    $(SUDO) apt-get install -y -q --no-install-recommends postgresql >/dev/null; }; }
+
 demo: $(STAMP) data
 	$(VENV)/bin/lifelong demo
 
-test: $(STAMP) data
+test: $(STAMP) data postgres
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/mypy src/lifelong
 	$(PY) -m pytest -n 2 --durations=15

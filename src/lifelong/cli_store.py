@@ -28,7 +28,7 @@ store_app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 console = Console()
-errors = Console(stderr=True)
+errors = Console(stderr=True, soft_wrap=True)  # whole lines: messages are grepped and copied
 
 Json = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
 StorePath = Annotated[Path, typer.Argument(metavar="STORE", help="the store's folder")]
@@ -420,7 +420,7 @@ def forget(
         bool, typer.Option("--approximate", help="unlearn in place (NegGrad+ / SCRUB) and purge memories")
     ] = False,
     method: Annotated[str, typer.Option(help="approximate: neggrad+ or scrub")] = "neggrad+",
-    steps: Annotated[int, typer.Option(help="approximate: optimizer steps")] = 200,
+    steps: Annotated[int, typer.Option(help="approximate: optimizer steps")] = 100,
     lr: Annotated[float, typer.Option(help="approximate: learning rate")] = 0.01,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
     as_json: Json = False,

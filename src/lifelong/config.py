@@ -366,6 +366,15 @@ class LwFConfig(Strict):
     temperature: float = Field(2.0, gt=0.0)
 
 
+class CompatibleConfig(Strict):
+    name: Literal["compatible"]
+    strength: float = Field(1.0, ge=0.0)
+    alpha: float = Field(0.0, ge=0.0)  # weight of every sample
+    beta: float = Field(1.0, ge=0.0)  # extra weight of the samples the previous version got right
+    temperature: float = Field(1.0, gt=0.0)  # T of the softened softmax (mode kl only)
+    mode: Literal["kl", "logit"] = "kl"  # kl: focal distillation; logit: squared distance between logits
+
+
 class AGEMConfig(Strict):
     name: Literal["agem"]
     memory: int = Field(500, ge=1)
@@ -444,6 +453,7 @@ MethodConfig = Annotated[
     | Annotated[MASConfig, Tag("mas")]
     | Annotated[L2Config, Tag("l2")]
     | Annotated[LwFConfig, Tag("lwf")]
+    | Annotated[CompatibleConfig, Tag("compatible")]
     | Annotated[AGEMConfig, Tag("agem")]
     | Annotated[GEMConfig, Tag("gem")]
     | Annotated[LoRAConfig, Tag("lora")]
@@ -488,6 +498,9 @@ class RunConfig(Strict):
     # training samples left out of every experience, by id (the data's `id_column`, else content ids):
     # what a deletion from a model store (`lifelong forget`) removed, so no later update brings them back
     exclude_ids: list[str] = []
+    # model stores: train this many shard models (SISA), each on the samples whose id hashes to it, so that
+    # `lifelong forget --exact` retrains only the shards that held the deleted data (lifelong.unlearn)
+    shards: int = Field(1, ge=1)
 
     @model_validator(mode="after")
     def _combination(self) -> RunConfig:
@@ -581,6 +594,7 @@ _TAGGED: dict[str, dict[str, type[BaseModel]]] = {
         "mas": MASConfig,
         "l2": L2Config,
         "lwf": LwFConfig,
+        "compatible": CompatibleConfig,
         "agem": AGEMConfig,
         "gem": GEMConfig,
         "lora": LoRAConfig,

@@ -9,6 +9,7 @@ from lifelong.errors import ConfigError
 from lifelong.methods.agem import AGEM
 from lifelong.methods.analytic import Analytic
 from lifelong.methods.base import Context, Method, check_composition
+from lifelong.methods.compatible import Compatible
 from lifelong.methods.cumulative import Cumulative
 from lifelong.methods.der import DER, DERpp
 from lifelong.methods.er_ace import ErAce
@@ -48,6 +49,7 @@ METHODS: dict[str, type[Method]] = {
         MAS,
         L2,
         LwF,
+        Compatible,
         AGEM,
         GEM,
         LoRA,
@@ -71,6 +73,7 @@ __all__ = [
     "SI",
     "WA",
     "Analytic",
+    "Compatible",
     "Context",
     "Cumulative",
     "DERpp",

@@ -110,7 +110,7 @@ class LwF(Method):
         """The teacher's raw outputs on `x` (eval mode, no gradient)."""
         assert self.teacher is not None
         if self._teacher_model is None:
-            self._teacher_model = _frozen_copy(model, placed(self.teacher, x.device))
+            self._teacher_model = frozen_copy(model, placed(self.teacher, x.device))
         with torch.no_grad():
             return logits_of(self._teacher_model(x))
 
@@ -152,7 +152,7 @@ class LwF(Method):
         self._teacher_model = None
 
 
-def _frozen_copy(model: nn.Module, weights: Tensors) -> nn.Module:
+def frozen_copy(model: nn.Module, weights: Tensors) -> nn.Module:
     """A copy of `model` whose parameters and buffers ARE `weights` (shared, not copied: the teacher costs one
     copy of the model's weights, the one in the state), in eval mode, without gradients and without the
     model's hooks (a hook bound to a method object would drag that object into the copy).

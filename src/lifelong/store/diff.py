@@ -56,6 +56,8 @@ def flips(store: Store, a: Version, b: Version) -> dict[str, Any] | None:
     from lifelong.inference import load
     from lifelong.store.gate import _predict, targets
 
+    if a.sharded or b.sharded:  # an ensemble of shards: its flips are in the gate of the update that made it
+        return None
     later = b if len(b.data) >= len(a.data) else a
     dir_a, dir_b = store.directory(a), store.directory(b)
     if read_json(dir_a / RUN / "run.json", "run information").get("origin") == "python":

@@ -185,7 +185,7 @@ def forget(
     mode: str = "exact",
     *,
     method: str = "neggrad+",
-    steps: int = 200,
+    steps: int = 100,
     lr: float = 0.01,
     retain_samples: int = RETAIN_SAMPLES,
     progress: bool = True,
@@ -219,6 +219,8 @@ def forget(
     new_stream = stream_for(new_cfg, tokenizer)
     forget_split, retain, test = _splits(old_stream, set(ids), retain_samples, old_cfg.seed)
     kind = old_stream.kind
+    if parent.sharded:
+        return _forget_sharded(store, parent, ids, mode, old_cfg, new_cfg, old_stream, new_stream, began)
     staged = store.new_staging()
     try:
         run_dir = staged / RUN
@@ -266,6 +268,54 @@ def forget(
     return ForgetResult(version, mode, ids, report, time.perf_counter() - began)
 
 
+def _forget_sharded(
+    store: Store,
+    parent: Version,
+    ids: list[str],
+    mode: str,
+    old_cfg: Any,
+    new_cfg: Any,
+    old_stream: Any,
+    new_stream: Any,
+    began: float,
+) -> ForgetResult:
+    """Exact deletion from a sharded version: only the shards that held the ids are retrained, each from
+    its state before the first slice holding one (SISA)."""
+    from lifelong.store import sharding
+    from lifelong.unlearn.audit import audit
+
+    if mode != "exact":
+        raise ConfigError(
+            f"version {parent.number} is sharded: its deletions are exact and retrain only the shards that "
+            "held the data; drop --approximate"
+        )
+    forget_split, retain, test = _splits(old_stream, set(ids), RETAIN_SAMPLES, old_cfg.seed)
+    kind = old_stream.kind
+    staged = store.new_staging()
+    try:
+        target = staged / sharding.SHARDED
+        copy_run(store.directory(parent) / sharding.SHARDED, target)
+        run = sharding.open_run(old_cfg, old_stream, target)
+        before = audit(sharding.EnsembleModule(run), forget_split, retain, test, kind)
+        done = run.forget(ids)
+        run = sharding.open_run(new_cfg, new_stream, target)  # the shards as they are now
+        after = audit(sharding.EnsembleModule(run), forget_split, retain, test, kind)
+        retrained = {k: v["slices"] for k, v in done.get("shards", {}).items()}
+        report = {
+            "mode": mode, "before": before, "after": after, "seconds": time.perf_counter() - began,
+            "ids": len(ids), "shards": run.shards, "retrained_shards": retrained,
+            "seconds_retraining": done.get("seconds"),
+        }  # fmt: skip
+        atomic_write_json(staged / "deletion.json", report)
+        version = records_version(
+            store, staged, parent, new_stream, report, ids, mode, sharded=run,
+            config=new_cfg.model_dump(mode="json"),
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    return ForgetResult(version, mode, ids, report, time.perf_counter() - began)
+
+
 def records_version(
     store: Store,
     staged: Path,
@@ -274,15 +324,26 @@ def records_version(
     report: dict[str, Any],
     ids: list[str],
     mode: str,
+    sharded: Any = None,
+    config: dict[str, Any] | None = None,
 ) -> Version:
     """Record the version made by a deletion and the deletion itself, in one transaction; promoted."""
-    run_dir = staged / RUN
-    architecture = records.architecture(run_dir)
+    from lifelong.store import sharding
+
+    if sharded is not None:
+        assert config is not None
+        atomic_write_json(staged / "config.json", config)
+        architecture = sharding.architecture(staged / sharding.SHARDED)
+        metrics = sharding.metrics(sharded)
+    else:
+        run_dir = staged / RUN
+        architecture = records.architecture(run_dir)
+        config = read_json(run_dir / "config.json", "run config")
+        metrics = records.metrics(run_dir)
     if architecture != parent.architecture:
         raise StateError("the version made by the deletion has another architecture than its parent")
     short, full = records.data_records(stream)
     records.write_data(staged, full)
-    config = read_json(run_dir / "config.json", "run config")
     return store.add_version(
         staged,
         parent=parent.number,
@@ -292,9 +353,10 @@ def records_version(
         config=config,
         methods=parent.methods,
         data=short,
-        metrics=records.metrics(run_dir),
+        metrics=metrics,
         gate=None,
         promote=True,
+        sharded=sharded is not None,
         reason=f"{mode} deletion of {len(ids)} sample(s)",
         expected_promoted=parent.number,
         deletion={"mode": mode, "ids": ids, "audit": report},

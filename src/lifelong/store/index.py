@@ -138,8 +138,9 @@ class Index:
     """The store's database. `Index(url)` connects (and says clearly when it cannot); `create()` makes the
     tables; `read()` and `write()` give a connection inside one transaction."""
 
-    def __init__(self, url: str, lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> None:
+    def __init__(self, url: str, lock_timeout: float = DEFAULT_LOCK_TIMEOUT, label: str = "") -> None:
         self.url = url
+        self.label = label or "the store"
         self.lock_timeout = lock_timeout
         self.is_sqlite = url.startswith("sqlite")
         self.engine = self._engine()
@@ -216,8 +217,8 @@ class Index:
             message = str(e.orig or e).lower()
             if "locked" in message or "lock timeout" in message or "canceling statement" in message:
                 raise StoreBusyError(
-                    f"another process is writing to the store's index ({safe_url(self.url)}) and held it "
-                    f"for more than {self.lock_timeout:.0f} s; try again when it has finished (or raise "
+                    f"another process is writing to {self.label} (index {safe_url(self.url)}) and held it "
+                    f"for more than {self.lock_timeout:g} s; try again when it has finished (or raise "
                     "the lock timeout)"
                 ) from None
             raise

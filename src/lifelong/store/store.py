@@ -163,6 +163,8 @@ def write_manifest(directory: Path) -> str:
     files = {}
     total = 0
     for path in _files(directory):
+        if path == directory / PID_FILE:
+            continue
         rel = path.relative_to(directory).as_posix()
         files[rel] = file_digest(path)
         total += path.stat().st_size
@@ -172,6 +174,8 @@ def write_manifest(directory: Path) -> str:
         fsync_dir(sub)
     digest = atomic_write_json(directory / MANIFEST, {"files": files, "bytes": total})
     for path in _files(directory):
+        if path == directory / PID_FILE:
+            continue
         path.chmod(0o444)  # immutable by convention: a write needs a deliberate chmod
     return digest
 
@@ -234,7 +238,7 @@ class Store:
         self.id: str = info["id"]
         url = info.get("db") or ix.sqlite_url(self.path)
         self.url = os.environ.get("LIFELONG_STORE_DB", url) if info.get("db") else url
-        self.index = ix.Index(self.url, lock_timeout)
+        self.index = ix.Index(self.url, lock_timeout, label=f"store {self.path}")
         self.index.check(self.id, self.path)
 
     def gate_policy(self) -> GatePolicy:
@@ -256,10 +260,13 @@ class Store:
         if db is not None:
             index = ix.Index(db)  # reachable, with the driver, before any file exists
             index.create(store_id)
+            index.engine.dispose()
         path.mkdir(parents=True, exist_ok=True)
         try:
             if db is None:
-                ix.Index(ix.sqlite_url(path)).create(store_id)
+                local = ix.Index(ix.sqlite_url(path))
+                local.create(store_id)
+                local.engine.dispose()
             for sub in ("versions", "staging"):
                 (path / sub).mkdir(exist_ok=True)
             policy = asdict(gate or GatePolicy())
@@ -369,12 +376,12 @@ class Store:
         when `promote`. `expected_promoted`: the promoted version the candidate was made from; if another
         writer promoted something else meanwhile, the candidate is still recorded but not promoted."""
         who = who or current_user()
-        (staged / PID_FILE).unlink(missing_ok=True)
         digest = write_manifest(staged)
         published = self.path / "versions" / staged.name
-        _publish(staged, published)
         try:
             with self.index.write() as connection:
+                _publish(staged, published)
+                (published / PID_FILE).unlink(missing_ok=True)
                 number = ix.next_number(connection)
                 current = ix.promoted_number(connection)
                 raced = promote and parent is not None and current != expected_promoted
@@ -499,22 +506,21 @@ class Store:
     def gc(self, who: str | None = None) -> dict[str, Any]:
         """Remove what no committed row names: directories of writes that crashed before their commit, and
         abandoned staging folders. Versions themselves are never removed (they are the lineage)."""
-        with self.index.read() as connection:
-            listed = {d for (d,) in connection.execute(select(ix.versions.c.directory))}
         removed, freed = [], 0
-        for sub in ("versions", "staging"):
-            root = self.path / sub
-            if not root.is_dir():
-                continue
-            for entry in sorted(root.iterdir()):
-                if sub == "versions" and entry.name in listed:
-                    continue
-                if sub == "staging" and _in_use(entry):
-                    continue
-                freed += sum(p.stat().st_size for p in entry.rglob("*") if p.is_file())
-                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-                removed.append(f"{sub}/{entry.name}")
         with self.index.write() as connection:
+            listed = {d for (d,) in connection.execute(select(ix.versions.c.directory))}
+            for sub in ("versions", "staging"):
+                root = self.path / sub
+                if not root.is_dir():
+                    continue
+                for entry in sorted(root.iterdir()):
+                    if sub == "versions" and entry.name in listed:
+                        continue
+                    if sub == "staging" and _in_use(entry):
+                        continue
+                    freed += sum(p.stat().st_size for p in entry.rglob("*") if p.is_file())
+                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+                    removed.append(f"{sub}/{entry.name}")
             ix.add_log(connection, who or current_user(), "gc", None, {"removed": removed}, now())
         return {"removed": removed, "bytes_freed": freed}
 

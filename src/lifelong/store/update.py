@@ -61,17 +61,34 @@ def _record(
     promote: bool,
     reason: str,
     stream: Any,
+    sharded: Any = None,
+    sharded_config: dict[str, Any] | None = None,
 ) -> Version:
+    """Record the finished directory `staged` (a run in RUN/, or with `sharded` a ShardedRun in SHARDED/)."""
+    from lifelong.store import sharding
+
     run_dir = staged / RUN
-    config = read_json(run_dir / "config.json", "run config")
-    architecture = records.architecture(run_dir)
+    if sharded is not None:
+        assert sharded_config is not None
+        config = sharded_config
+        atomic_write_json(staged / "config.json", config)
+        architecture = sharding.architecture(staged / sharding.SHARDED)
+        kind, metrics = sharded.stream.kind, sharding.metrics(sharded)
+    else:
+        config = read_json(run_dir / "config.json", "run config")
+        architecture = records.architecture(run_dir)
+        kind = read_json(run_dir / "run.json", "run information")["stream_info"]["kind"]
+        metrics = records.metrics(run_dir)
     if parent is not None and parent.architecture != architecture:
         raise StateError(
             f"the candidate's model ({architecture}) has another architecture than its parent version "
             f"{parent.number} ({parent.architecture}); a version must keep its parent's model. Start a new "
             "store for a new model"
         )
-    short, full = records.data_records(stream) if stream is not None else (_fingerprint_data(run_dir), None)
+    if stream is not None:
+        short, full = records.data_records(stream)
+    else:
+        short, full = _fingerprint_data(run_dir), None
     if full is not None:
         records.write_data(staged, full)
     if gate is not None:
@@ -83,14 +100,15 @@ def _record(
         parent=None if parent is None else parent.number,
         origin=origin,
         architecture=architecture,
-        kind=read_json(run_dir / "run.json", "run information")["stream_info"]["kind"],
+        kind=kind,
         config=config,
         methods=methods,
         data=short,
-        metrics=records.metrics(run_dir),
+        metrics=metrics,
         gate=gate,
         promote=promote,
         reason=reason,
+        sharded=sharded is not None,
         expected_promoted=None if parent is None else parent.number,
     )
 
@@ -159,6 +177,12 @@ def candidate_config(parent_raw: dict[str, Any], new_raw: dict[str, Any]) -> tup
         path = new_sc["path"]
         candidate["continued"] = [*parent_raw.get("continued", []), path]
         described = f"new files {path}"
+    elif new_sc.get("type") == "files":
+        raise ConfigError(
+            "the update's config names the files the promoted version was trained on "
+            f"({new_sc.get('path')}); point scenario.path at the new data (a file, or a folder of one file "
+            "per experience)"
+        )
     else:
         strip = {"until"}
         same_data = _first_difference(
@@ -211,8 +235,9 @@ def update(
     import time
 
     from lifelong.config import load_config, parse_config
-    from lifelong.experiment import build_learner
+    from lifelong.experiment import build_learner, stream_for
     from lifelong.inference import load
+    from lifelong.store import sharding
 
     began = time.perf_counter()
     cfg = load_config(config) if not isinstance(config, dict) else parse_config(config)
@@ -227,6 +252,16 @@ def update(
     staged = store.new_staging()
     try:
         run_dir = staged / RUN
+        if parent is None and cfg.shards > 1:
+            stream = stream_for(cfg)
+            run = sharding.train(cfg, stream, staged / sharding.SHARDED, progress)
+            version = _record(
+                store, staged, parent=None, origin="update", gate=None, promote=True, reason="first version",
+                stream=stream, sharded=run, sharded_config=new_raw,
+            )  # fmt: skip
+            return UpdateResult(
+                version, None, time.perf_counter() - began, ["first version: nothing to gate"]
+            )
         if parent is None:
             learner, stream = build_learner(cfg, run_dir, progress)
             learner.run(stream)
@@ -243,6 +278,10 @@ def update(
         if deleted:
             candidate_raw["exclude_ids"] = sorted(deleted)
         candidate_cfg = parse_config(candidate_raw)
+        if parent.sharded:
+            return _update_sharded(
+                store, staged, parent, parse_config(parent.config), candidate_cfg, described, policy, began
+            )
         copy_run(parent_dir / RUN, run_dir)
         learner, stream = build_learner(candidate_cfg, run_dir, progress)
         learner.run(stream, extend=True)
@@ -269,3 +308,44 @@ def update(
         return UpdateResult(version, gate, time.perf_counter() - began, notes)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
+
+
+def _update_sharded(
+    store: Store,
+    staged: Path,
+    parent: Version,
+    parent_cfg: Any,
+    candidate_cfg: Any,
+    described: str,
+    policy: GatePolicy,
+    began: float,
+) -> UpdateResult:
+    """An update of a sharded version: every shard trains on its part of the new experiences."""
+    import time
+
+    from lifelong.experiment import stream_for
+    from lifelong.store import sharding
+
+    parent_dir = store.directory(parent)
+    old_stream = stream_for(parent_cfg)
+    stream = stream_for(candidate_cfg)
+    copy_run(parent_dir / sharding.SHARDED, staged / sharding.SHARDED)
+    run = sharding.open_run(candidate_cfg, old_stream, staged / sharding.SHARDED)
+    run.extend(stream)
+    previous = sharding.open_run(parent_cfg, old_stream, parent_dir / sharding.SHARDED)
+    gate = decide(
+        parent.metrics,
+        sharding.metrics(run),
+        sharding.ShardedModel(previous),
+        sharding.ShardedModel(run),
+        stream,
+        policy,
+        stream.info.get("label_names"),
+    )
+    gate["data"] = described
+    config = candidate_cfg.model_dump(mode="json")
+    version = _record(
+        store, staged, parent=parent, origin="update", gate=gate, promote=gate["passed"],
+        reason="passed the gate", stream=stream, sharded=run, sharded_config=config,
+    )  # fmt: skip
+    return UpdateResult(version, gate, time.perf_counter() - began)
