@@ -218,8 +218,9 @@ def build_learner(
     """The stream and a learner (model and methods inside) that `run_config` would run."""
     if cfg.shards > 1:
         raise ConfigError(
-            f"shards: {cfg.shards} trains one model per shard, which a model store does: `lifelong store init "
-            "STORE` then `lifelong update STORE --config CONFIG` (or lifelong.unlearn.ShardedRun from Python)"
+            f"shards: {cfg.shards} trains one model per shard, which a model store does: `lifelong store "
+            "init STORE` then `lifelong update STORE --config CONFIG` (or lifelong.unlearn.ShardedRun from "
+            "Python)"
         )
     loggers = build_loggers(cfg.loggers, out)  # first: a missing tensorboard/mlflow fails before any work
     pretrained = _pretrained(cfg)  # a pretrained LM: its tokenizer makes the stream
