@@ -93,6 +93,12 @@ class ScenarioConfig(Strict):
     experiences: int | None = Field(None, ge=1)
     # train on the first `until` experiences only; a store update with a larger `until` adds the next ones
     until: int | None = Field(None, ge=1)
+    # unlabeled data (self-training): keep the labels of a share / a number per class of each experience's
+    # training data, the rest arrives unlabeled; `label_bias` makes which samples are labelled depend on the
+    # input (selection bias). See lifelong.streams.labels
+    label_fraction: float | None = Field(None, gt=0.0, le=1.0)
+    labels_per_class: int | None = Field(None, ge=1)
+    label_bias: float | None = Field(None, ge=0.0, le=1.0)
     seed: int = 0
     class_order: list[int] | None = None  # class-/task-incremental, online
     angles: list[float] | None = None  # rotated: one angle (degrees) per experience
@@ -133,6 +139,9 @@ class ScenarioConfig(Strict):
 
     @model_validator(mode="after")
     def _combination(self) -> ScenarioConfig:
+        from lifelong.streams.labels import check_options
+
+        check_options(self.label_fraction, self.labels_per_class, self.label_bias)
         if self.type == "files" and not self.path:
             raise ValueError(
                 "scenario type 'files' needs `path` (a folder with one file/folder per experience)"

@@ -274,6 +274,11 @@ def stream_for(cfg: RunConfig, tokenizer: Any = None) -> Stream:
                 "(or raise scenario.experiences)"
             )
         stream = replace(stream, experiences=stream.experiences[:until])
+    sc = cfg.scenario
+    if sc.label_fraction is not None or sc.labels_per_class is not None:
+        from lifelong.streams.labels import hold_back_labels
+
+        stream = hold_back_labels(stream, sc.label_fraction, sc.labels_per_class, sc.label_bias, sc.seed)
     if cfg.continued and stream.kind == "language_modeling" and tokenizer is None:
         tokenizer = _bpe(cfg, _corpus(cfg))
     for path in cfg.continued:

@@ -71,6 +71,8 @@ class Results:
     peak_memory_bytes: int | None = None
     experience_steps: list[int] | None = None
     schedule: str | None = None
+    # what methods measured per experience, by key (e.g. "pseudo_labels": precision, coverage, ECE)
+    reports: dict[str, list[dict[str, Any]]] | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Results:
@@ -104,6 +106,10 @@ class Results:
             out["experience_steps"] = self.experience_steps
         if self.schedule is not None and self.tokens_seen is not None:  # language models: the LR figure
             out["schedule"] = self.schedule
+        if self.reports:
+            out["reports"] = self.reports
+            for key, entries in self.reports.items():  # each also at the top level: results["pseudo_labels"]
+                out.setdefault(key, entries)
         return out
 
 
@@ -255,6 +261,7 @@ class Learner:
         loss_hooks = [m.loss for m in methods if overrides(m, "loss")]
         grad_hooks = [m.after_backward for m in methods if overrides(m, "after_backward")]
         end_hooks = [m.end for m in methods if overrides(m, "end")]
+        reporters = [m for m in methods if overrides(m, "report")]
         main_loss = next((m.main_loss for m in methods if overrides(m, "main_loss")), None)
         evaluate, evaluate_end = self._evaluators(stream, objective)
         classifying = stream.kind == "classification"
@@ -450,6 +457,13 @@ class Learner:
                 ctx.step = step
                 for finish in end_hooks:
                     finish(ctx)
+                for method in reporters:  # what a method measured on this experience (e.g. pseudo-labels)
+                    report = method.report(ctx)
+                    if report is not None:
+                        key = method.report_key or method.name
+                        entry = {"experience": i, **report}
+                        p.setdefault("reports", {}).setdefault(key, []).append(entry)
+                        self._event({"event": "method_report", "step": step, "key": key, "report": entry})
                 row, confusions = evaluate_end()
                 p["matrix"].append(row)
                 end_event: dict[str, Any] = {
@@ -504,6 +518,7 @@ class Learner:
             peak_memory_bytes=_peak_memory(device) if counts_tokens else None,
             experience_steps=p.get("experience_steps"),
             schedule=train.scheduler,
+            reports=p.get("reports"),
         )
         self._event({"event": "end", "step": step, "summary": summary})
         if self.run_dir is not None:

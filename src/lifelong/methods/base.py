@@ -16,6 +16,7 @@ values, so a run killed at any point resumes exactly.
         def loss(self, ctx, batch, out): ...       # an extra loss term, or None (distillation, penalty)
         def after_backward(self, ctx): ...         # gradients are ready (projection, masking)
         def end(self, ctx): ...                    # the experience ends (update memory, Fisher, merge)
+        def report(self, ctx): ...                 # what it measured, into results.json (pseudo-labels)
         def predict(self, model, x, out): ...      # outputs used at evaluation (nearest-mean classifier)
         def state_dict(self) / load_state_dict(d)  # tensors and JSON values only
 
@@ -67,6 +68,7 @@ class Method:
     alone = False  # trains in its own way (joint, GDumb, frozen features): no other method can join
     rehearsal = False  # feeds stored samples into training (replay, DER, iCaRL, ...)
     selects_trainable = False  # decides which weights train (LoRA, half fine-tuning)
+    report_key: str | None = None  # where `report` entries go in results.json (default: the method's name)
 
     def check(self, stream: Stream, objective: Any, methods: Sequence[Method]) -> None:
         """Raise `ConfigError` if this method cannot work on `stream` or beside the other `methods`."""
@@ -101,6 +103,11 @@ class Method:
 
     def end(self, ctx: Context) -> None:
         """The experience's training is over (evaluation follows)."""
+
+    def report(self, ctx: Context) -> dict[str, Any] | None:
+        """After `end`: what the method measured on this experience, as JSON values (or None). The learner
+        adds it to results.json under `report_key` (one entry per experience) and to events.jsonl."""
+        return None
 
     def predict(self, model: nn.Module, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """The outputs to score at evaluation, given the model's outputs `out` on inputs `x` (before a

@@ -102,10 +102,16 @@ class Experience:
     task: int | None = None
     domain: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    # training samples that arrive without labels (`unlabeled.y` is -1): what self-training learns from.
+    # `unlabeled_truth` holds their real labels where the scenario held them back (None for data that
+    # never had any): for diagnostics only (pseudo-label precision), never for training
+    unlabeled: Split | None = None
+    unlabeled_truth: torch.Tensor | None = None
 
     def __repr__(self) -> str:
         what = f"classes={self.classes}" if self.classes is not None else f"domain={self.domain!r}"
-        return f"Experience(id={self.id}, train={len(self.train)}, test={len(self.test)}, {what})"
+        unlabeled = "" if self.unlabeled is None else f", unlabeled={len(self.unlabeled)}"
+        return f"Experience(id={self.id}, train={len(self.train)}{unlabeled}, test={len(self.test)}, {what})"
 
 
 @dataclass

@@ -55,7 +55,9 @@ def fingerprint(stream: Stream) -> dict[str, Any]:
                 "test": len(e.test),
                 "train_sha256": split_digest(e.train),
                 "test_sha256": split_digest(e.test),
-            }
+                **({} if e.unlabeled is None else {"unlabeled": len(e.unlabeled),
+                                                    "unlabeled_sha256": split_digest(e.unlabeled)}),
+            }  # fmt: skip
             for e in stream
         ],
     }
