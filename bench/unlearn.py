@@ -391,7 +391,7 @@ def verdict(result: dict[str, Any]) -> list[str]:
             )
         lines.append(
             f"- {what[0].upper() + what[1:]}: MIA AUC within {MIA_TOLERANCE} of 0.5 with retain accuracy "
-            "within 1 point: "
+            "at most 1 point below the original's (a rise is no loss): "
             + "; ".join(parts)
             + f". Original AUC {entry['original']['mia_auc']:.3f}, retrained "
             f"{entry['retrain']['mia_auc']:.3f}."

@@ -343,12 +343,13 @@ def test_non_finite_npz(tmp_path):
         from_files(tmp_path)
 
 
-def test_missing_label_value_and_non_integer_label(tmp_path):
+def test_missing_label_value_is_unlabeled_and_non_integer_label_is_refused(tmp_path):
     df = frame(10).astype({"label": float})
     df.loc[4, "label"] = np.nan
     df.to_csv(tmp_path / "a.csv", index=False)
-    with pytest.raises(DataError, match=r"a\.csv: label column 'label' is missing a value at row 4"):
-        from_files(tmp_path)
+    e = from_files(tmp_path)[0]  # an empty label: the row is unlabeled data (tests/test_unlabeled_files.py)
+    assert e.unlabeled is not None and e.unlabeled.x[:, 2].tolist() == [4.0]
+    assert e.unlabeled.y.tolist() == [-1]
     df.loc[4, "label"] = 0.5
     df.to_csv(tmp_path / "a.csv", index=False)
     with pytest.raises(DataError, match=r"non-integer value 0\.5 at row 4"):

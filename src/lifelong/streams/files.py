@@ -167,7 +167,15 @@ def from_files(
     Labels that are not already 0..K-1 (strings, sparse integers) are mapped to 0..K-1 in sorted order over
     all files; `stream.info["label_names"][k]` is the original label of class k. Given `label_names`, class
     k is `label_names[k]` and a label outside them is refused (a run's model has outputs for those only).
-    Negative labels are refused: -1 often marks unlabeled rows.
+
+    A row whose label is empty (a blank cell, NaN, null, blank text; in NPZ, where an integer array has no
+    empty value, also `y == -1`) is unlabeled data: it goes to `experience.unlabeled` (a Split whose `y` is
+    -1; `unlabeled_truth` is None, as nothing is known of it), never to the test split, and `test_fraction`
+    divides the labelled rows only. Refused instead: unlabeled rows in a `test.*` file (a test row needs a
+    label to be scored), an experience with no labelled row (nothing to train on or test with), and, in a
+    stream holding unlabeled rows, a class with no labelled training sample anywhere (unless `label_names`
+    is given: a continued run knows its classes from earlier data). Other negative labels are refused.
+    `normalize="standard"` fits on the first experience's labelled and unlabeled training rows.
 
     Example:
         >>> import tempfile, pathlib
@@ -208,13 +216,28 @@ def from_files(
             )
         )
     every = [t for _, *groups in tables for g in groups for t in g]
+    for _, _, _, test in tables:
+        for tb in test:
+            if tb.unlabeled is not None:
+                rows = np.flatnonzero(tb.unlabeled)
+                raise DataError(
+                    f"{tb.label}: {len(rows)} test rows have an empty label (e.g. row {rows[0]}); a test row "
+                    "needs its label to be scored: label them, or move them to the train file, where rows "
+                    "without a label are the experience's unlabeled data"
+                )
     if any(t.y.dtype.kind == "U" for t in every):
         for t in every:  # some files have text labels: compare all as text
             t.y = t.y.astype(str)
     if task_column is not None and any(t.t.dtype.kind == "U" for t in every):  # type: ignore[union-attr]
         for t in every:
             t.t = t.t.astype(str)  # type: ignore[union-attr]
-    names, y_codes = _label_codes(np.concatenate([t.y for t in every]), label_names)
+    labelled = np.concatenate([t.y if t.unlabeled is None else t.y[~t.unlabeled] for t in every])
+    if len(labelled) == 0:
+        raise DataError(
+            f"no row of {name!r} has a label (column {label_column!r} is empty everywhere); an experience "
+            "needs labelled rows to train on and to test with: label some rows of every file"
+        )
+    names, y_codes = _label_codes(labelled, label_names)
     task_names, t_codes = (None, None)
     if task_column is not None:
         task_names, t_codes = _encode(np.concatenate([t.t for t in every]), keep_any_int=True)  # type: ignore[misc]
@@ -228,13 +251,16 @@ def from_files(
 
     ref = reader.reference
     assert ref is not None
+    if label_names is None and any(len(unlabeled) for _, _, unlabeled in divided):
+        _refuse_unlearnable(groups, divided, names)
     stats = None
     if normalizer is not None or normalize == "standard":
         n_features = int(np.prod(ref.shape))
-        stats = checked(normalizer, n_features) if normalizer is not None else fit_standard(divided[0][0].x)
-        for rows in (r for pair in divided for r in pair):
-            rows.x = standardize(rows.x, stats)
-    experiences = [_experience(i, g, *pair) for i, (g, pair) in enumerate(zip(groups, divided, strict=True))]
+        first = np.concatenate([divided[0][0].x, divided[0][2].x])  # unlabeled rows are inputs too
+        stats = checked(normalizer, n_features) if normalizer is not None else fit_standard(first)
+        for part in (r for rows in divided for r in rows if len(r)):
+            part.x = standardize(part.x, stats)
+    experiences = [_experience(i, g, *rows) for i, (g, rows) in enumerate(zip(groups, divided, strict=True))]
 
     info: dict[str, Any] = {
         "source": str(path) if isinstance(path, str | PathLike) else [str(p) for p in path],
@@ -383,31 +409,84 @@ def _time_groups(
 
 def _divide(
     group: _Group, test_fraction: float, seed: int, split_by: str | int | None
-) -> tuple[_Rows, _Rows]:
-    """Train and test rows of one experience (each in the order the rows had)."""
+) -> tuple[_Rows, _Rows, _Rows]:
+    """Train, test and unlabeled rows of one experience (each in the order the rows had). Only labelled
+    rows are split with `test_fraction`: rows without a label (y = -1) are never test rows."""
     if group.whole is None:
         assert group.train is not None and group.test is not None
-        return group.train, group.test
-    whole = group.whole
+        train, unlabeled = _labelled(group.train)
+        if len(train) == 0:
+            raise DataError(
+                f"{', '.join(group.files)}: every training row of {group.domain!r} has an empty label "
+                f"({len(unlabeled)} unlabeled rows); an experience needs labelled rows to train on: label "
+                "some rows of its train file"
+            )
+        return train, group.test, unlabeled
+    whole, unlabeled = _labelled(group.whole)
     if len(whole) < 2:
         fix = (
             "use a coarser split_by" if split_by is not None else "add rows, or give train.* and test.* files"
         )
+        if len(unlabeled) == 0:
+            raise DataError(
+                f"{group.domain!r} has {len(whole)} row; it needs at least 2 to split into train and test "
+                f"({fix})"
+            )
+        where = f"{group.domain!r} ({', '.join(group.files)})"
+        if split_by is None:
+            fix = (
+                "label at least 2 of its rows (one is kept for testing), or move its rows into the file of "
+                "an experience that has labels, where they are that experience's unlabeled data"
+            )
         raise DataError(
-            f"{group.domain!r} has {len(whole)} row; it needs at least 2 to split into train and test ({fix})"
+            f"{where} has {len(whole)} labelled row{'' if len(whole) == 1 else 's'} and {len(unlabeled)} "
+            "rows with an empty label; an experience needs at least 2 labelled rows, to train on and to test "
+            f"with ({fix})"
         )
     rng = np.random.default_rng([seed, zlib.crc32(group.domain.encode())])
     train_idx, test_idx = _stratified_split(whole.y, test_fraction, rng)
-    return whole.take(train_idx), whole.take(test_idx)
+    return whole.take(train_idx), whole.take(test_idx), unlabeled
 
 
-def _experience(i: int, group: _Group, train: _Rows, test: _Rows) -> Experience:
+def _labelled(rows: _Rows) -> tuple[_Rows, _Rows]:
+    """The rows with a label and those without (y = -1), each in its order."""
+    known = rows.y >= 0
+    if known.all():
+        return rows, rows.take(np.zeros(0, dtype=np.int64))
+    return rows.take(np.flatnonzero(known)), rows.take(np.flatnonzero(~known))
+
+
+def _refuse_unlearnable(groups: list[_Group], divided: list[tuple[_Rows, _Rows, _Rows]], names: list) -> None:
+    """A DataError naming the classes that have labelled rows only in test splits, in a stream that holds
+    unlabeled rows: their training rows were most likely left unlabeled, and neither training nor
+    self-training can learn a class the model never sees labelled. (A stream with every label given only
+    warns about such classes: testing on an unseen class can be deliberate.)"""
+    size = len(names)
+    trained = np.sum([np.bincount(train.y, minlength=size) for train, _, _ in divided], axis=0)
+    missing = [c for c in range(size) if trained[c] == 0]
+    if not missing:
+        return
+    tested = [(g.domain, np.unique(test.y)) for g, (_, test, _) in zip(groups, divided, strict=True)]
+    listed = "; ".join(
+        f"{names[c]!r} (test rows in {', '.join(d for d, present in tested if c in present)})"
+        for c in missing
+    )
+    raise DataError(
+        f"class(es) {listed} have no labelled training sample in the whole stream, whose other rows "
+        "include rows with an empty label: the model cannot learn a class it never sees labelled. Label "
+        "some training rows of these classes (an empty label marks a row unlabeled), or drop their test rows"
+    )
+
+
+def _experience(i: int, group: _Group, train: _Rows, test: _Rows, unlabeled: _Rows) -> Experience:
     task = None
     if train.t is not None and int(train.t.min()) == int(train.t.max()):
         task = int(train.t[0])
     info: dict[str, Any] = {"files": group.files, **group.info}
     if train.ids is not None and test.ids is not None:
         info["ids"] = {"train": train.ids.tolist(), "test": test.ids.tolist()}
+        if len(unlabeled) and unlabeled.ids is not None:
+            info["ids"]["unlabeled"] = unlabeled.ids.tolist()
     return Experience(
         id=i,
         train=train.split(),
@@ -416,6 +495,7 @@ def _experience(i: int, group: _Group, train: _Rows, test: _Rows) -> Experience:
         task=task,
         domain=group.domain,
         info=info,
+        unlabeled=unlabeled.split() if len(unlabeled) else None,  # y is -1; nothing is known of its truth
     )
 
 
@@ -586,11 +666,16 @@ def _concat(tables: list[Table], y_codes: _Codes | None, t_codes: _Codes | None)
         raise DataError(
             "the time column holds dates in some files and numbers in others; use one kind in every file"
         )
-    y = np.concatenate([t.y for t in tables])
+    raw = np.concatenate([t.y for t in tables])
+    known = np.concatenate(
+        [np.ones(len(tb.y), bool) if tb.unlabeled is None else ~tb.unlabeled for tb in tables]
+    )
+    y = np.full(len(raw), -1, dtype=np.int64)  # -1: a row without a label
+    y[known] = mapped(raw[known], y_codes)
     t = joined([tb.t for tb in tables])
     return _Rows(
         x=np.concatenate([tb.x for tb in tables]),
-        y=mapped(y, y_codes),
+        y=y,
         t=None if t is None else mapped(t, t_codes),
         ids=joined([tb.ids for tb in tables]),
         time=joined([tb.time for tb in tables]),

@@ -88,6 +88,11 @@ def difference(recorded: dict[str, Any], current: dict[str, Any], prefix_only: b
                 return f"{label} had {was[split]} {split} samples and now has {now[split]}"
             if was[f"{split}_sha256"] != now[f"{split}_sha256"]:
                 return f"the {split} data of {label} changed (same size, different content)"
+        if was.get("unlabeled_sha256") != now.get("unlabeled_sha256"):
+            before, after = was.get("unlabeled", 0), now.get("unlabeled", 0)
+            if before != after:
+                return f"{label} had {before} unlabeled samples and now has {after}"
+            return f"the unlabeled data of {label} changed (same size, different content)"
     if not prefix_only and len(new) > len(old):
         extra = ", ".join(repr(e["name"]) for e in new[len(old) :])
         return (

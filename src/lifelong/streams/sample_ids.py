@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -81,26 +82,33 @@ def manifest(stream: Stream | Iterable[Experience]) -> list[dict[str, Any]]:
 
 
 def without_ids(experience: Experience, ids: set[str]) -> tuple[Experience, int]:
-    """`experience` with the training samples whose id is in `ids` removed, and how many were removed.
-    The test split is kept (it is never trained on)."""
+    """`experience` with the training samples whose id is in `ids` removed (labelled, and unlabeled ones),
+    and how many were removed. The test split is kept (it is never trained on)."""
     train_ids = sample_ids(experience, "train")
     keep = [i for i, sid in enumerate(train_ids) if sid not in ids]
     removed = len(train_ids) - len(keep)
+    info = dict(experience.info)
+    unlabeled, truth = experience.unlabeled, experience.unlabeled_truth
+    if unlabeled is not None:  # deleted data is not learnt from without labels either
+        recorded = info.get("ids")
+        given = recorded.get("unlabeled") if isinstance(recorded, dict) else None
+        u_ids = (
+            [str(i) for i in given]
+            if given is not None and len(given) == len(unlabeled)
+            else content_ids(unlabeled)
+        )
+        u_keep = [i for i, sid in enumerate(u_ids) if sid not in ids]
+        if len(u_keep) < len(u_ids):
+            removed += len(u_ids) - len(u_keep)
+            u_index = torch.tensor(u_keep, dtype=torch.long)
+            unlabeled = unlabeled.subset(u_index)
+            truth = None if truth is None else truth[u_index]
+            if given is not None:
+                info["ids"] = {**info["ids"], "unlabeled": [u_ids[i] for i in u_keep]}
     if removed == 0:
         return experience, 0
-    index = torch.tensor(keep, dtype=torch.long)
-    info = dict(experience.info)
-    if isinstance(info.get("ids"), dict):
+    if len(keep) < len(train_ids) and isinstance(info.get("ids"), dict):
         info["ids"] = {**info["ids"], "train": [train_ids[i] for i in keep]}
-    return (
-        Experience(
-            id=experience.id,
-            train=experience.train.subset(index),
-            test=experience.test,
-            classes=experience.classes,
-            task=experience.task,
-            domain=experience.domain,
-            info=info,
-        ),
-        removed,
-    )
+    index = torch.tensor(keep, dtype=torch.long)
+    return replace(experience, train=experience.train.subset(index), info=info, unlabeled=unlabeled,
+                   unlabeled_truth=truth), removed  # fmt: skip

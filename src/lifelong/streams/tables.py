@@ -1,6 +1,9 @@
 """Reading one user file (CSV, Parquet, JSONL, NPZ, saved Hugging Face data set) into a table: features,
 raw labels, task labels, sample ids and times, with the roles of the columns and the checks that name the
-file, row and column of a problem. Used by `files.from_files`, which turns the tables into a stream."""
+file, row and column of a problem. Used by `files.from_files`, which turns the tables into a stream.
+
+A row whose label is empty (a blank cell, NaN, null, blank text; in NPZ also `y == -1`, since an integer
+array has no empty value) is unlabeled data: `Table.unlabeled` marks it."""
 
 from __future__ import annotations
 
@@ -33,6 +36,8 @@ class Table:
     label: str
     ids: np.ndarray | None = None  # sample ids as str
     time: np.ndarray | None = None  # sort keys: datetime64 or float64
+    # rows whose label is empty (bool mask; their `y` is a placeholder: -1 or ""); None: every row has one
+    unlabeled: np.ndarray | None = None
 
 
 @dataclass
@@ -82,13 +87,26 @@ class Reader:
         else:
             table, names = self._frame(part)
         self._check_features(table, names)
-        if table.y.dtype.kind == "i" and table.y.min() < 0:
-            rows = np.flatnonzero(table.y < 0)
+        negative = table.y < 0 if table.y.dtype.kind == "i" else np.zeros(len(table.y), dtype=bool)
+        if table.unlabeled is not None:
+            negative &= ~table.unlabeled  # the placeholder of an empty label
+        if negative.any():
+            rows = np.flatnonzero(negative)
+            if part.fmt == "npz":
+                why = (
+                    "y = -1 marks unlabeled rows; other negative values are not classes: map the labels to "
+                    "0..K-1 (or to names) before building the stream"
+                )
+            else:
+                why = (
+                    f"-1 often marks unlabeled rows: drop them, or leave their {self.roles.label!r} cell "
+                    "empty to keep them as unlabeled data, or if they are real classes, map the labels to "
+                    "0..K-1 (or to names) before building the stream"
+                )
             column = self.roles.label if part.fmt != "npz" else "y"
             raise DataError(
                 f"{table.label}: label column {column!r} has {len(rows)} negative labels (e.g. "
-                f"{table.y[rows[0]]} at row {rows[0]}); -1 often marks unlabeled rows: drop them, or if they "
-                "are real classes, map the labels to 0..K-1 (or to names) before building the stream"
+                f"{table.y[rows[0]]} at row {rows[0]}); {why}"
             )
         return table
 
@@ -149,11 +167,11 @@ class Reader:
                 if why is not None:
                     self.index_like.setdefault(c, why)
         x = _finite(df[names].to_numpy(dtype=np.float64, na_value=np.nan), part.label, names)
-        y = _labels(df[roles.label], part.label, roles.label)
-        t = None if roles.task is None else _labels(df[roles.task], part.label, roles.task)
+        y, empty = _labels(df[roles.label], part.label, roles.label, empty_ok=True)
+        t = None if roles.task is None else _labels(df[roles.task], part.label, roles.task)[0]
         ids = None if roles.id is None else _ids(df[roles.id], part.label, roles.id)
         time = None if roles.time is None else parse_times(df[roles.time], part.label, roles.time)
-        return Table(x, y, t, part.label, ids, time), names
+        return Table(x, y, t, part.label, ids, time, _mask(empty)), names
 
     def _feature_names(self, df: Any, part: Part) -> list[str]:
         import pandas as pd
@@ -250,13 +268,17 @@ class Reader:
                     f"{key!r} must be one value per row"
                 )
         flat = _finite(x.reshape(len(x), -1).astype(np.float64), part.label, None, shape=x.shape[1:])
+        labels, empty = _labels(y, part.label, "y", empty_ok=True)
+        if labels.dtype.kind == "i":
+            empty |= labels == -1  # an integer array has no empty value: -1 marks unlabeled, as in sklearn
         return Table(
             self._channels_first(flat.reshape(x.shape), part.label),
-            _labels(y, part.label, "y"),
-            None if roles.task is None else _labels(arrays[roles.task], part.label, roles.task),
+            labels,
+            None if roles.task is None else _labels(arrays[roles.task], part.label, roles.task)[0],
             part.label,
             None if roles.id is None else _ids(arrays[roles.id], part.label, roles.id),
             None if roles.time is None else parse_times(arrays[roles.time], part.label, roles.time),
+            _mask(empty),
         )
 
     def _channels_first(self, x: np.ndarray, label: str) -> np.ndarray:
@@ -342,27 +364,51 @@ def _finite(x: np.ndarray, label: str, names: list[str] | None, shape: tuple = (
     )
 
 
-def _labels(values: Any, label: str, column: str) -> np.ndarray:
-    """Raw labels as int64 or str, rejecting missing and non-integer numeric values."""
+def _labels(values: Any, label: str, column: str, empty_ok: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Raw labels as int64 or str, and the mask of rows whose value is empty (NaN, None, blank text).
+    Empty values are refused unless `empty_ok` (class labels: such rows are unlabeled data); their place in
+    the labels holds -1 or "". Non-integer numbers are refused."""
     is_series = hasattr(values, "isna")
-    na = values.isna().to_numpy() if is_series else None
     arr = values.to_numpy() if is_series else np.asarray(values)
+    na = values.isna().to_numpy() if is_series else np.zeros(len(arr), dtype=bool)
     if arr.dtype.kind == "f":
-        na = np.isnan(arr) if na is None else na | np.isnan(arr)
-    if na is not None and na.any():
-        raise DataError(f"{label}: label column {column!r} is missing a value at row {np.flatnonzero(na)[0]}")
+        na = na | np.isnan(arr)
+    elif arr.dtype.kind == "U":
+        na = na | (np.char.strip(arr) == "")
+    elif arr.dtype.kind == "O":
+        na = na | np.array([isinstance(v, str) and not v.strip() for v in arr], dtype=bool)
+    rows = np.arange(len(arr))
+    if na.any():
+        if not empty_ok:
+            raise DataError(
+                f"{label}: label column {column!r} is missing a value at row {np.flatnonzero(na)[0]}"
+            )
+        rows = np.flatnonzero(~na)
+        arr = arr[rows]
+        if arr.dtype.kind == "O":
+            arr = np.array(arr.tolist())  # what is left once the nulls are gone: ints, or text
     if arr.dtype.kind in "biu":
-        return arr.astype(np.int64)
-    if arr.dtype.kind == "f":
+        known = arr.astype(np.int64)
+    elif arr.dtype.kind == "f":
         frac = arr != np.round(arr)
         if frac.any():
-            row = np.flatnonzero(frac)[0]
+            i = np.flatnonzero(frac)[0]
             raise DataError(
-                f"{label}: label column {column!r} has the non-integer value {arr[row]} at row {row}; "
+                f"{label}: label column {column!r} has the non-integer value {arr[i]} at row {rows[i]}; "
                 "classification needs integer or string labels"
             )
-        return arr.astype(np.int64)
-    return arr.astype(str)
+        known = arr.astype(np.int64)
+    else:
+        known = arr.astype(str)
+    if len(known) == len(na):
+        return known, na
+    out = np.full(len(na), -1 if known.dtype.kind == "i" else "", dtype=known.dtype)
+    out[rows] = known
+    return out, na
+
+
+def _mask(empty: np.ndarray) -> np.ndarray | None:
+    return empty if empty.any() else None
 
 
 def _ids(values: Any, label: str, column: str) -> np.ndarray:
