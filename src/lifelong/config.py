@@ -384,6 +384,49 @@ class CompatibleConfig(Strict):
     mode: Literal["kl", "logit"] = "kl"  # kl: focal distillation; logit: squared distance between logits
 
 
+class PseudoLabelConfig(Strict):
+    name: Literal["pseudo_label"]
+    confidence: Literal["softmax", "margin", "entropy", "tsimilarity", "mc_dropout"] = "softmax"
+    threshold: float = Field(0.95, ge=0.0, le=1.0)
+    selection: Literal["threshold", "topk", "curriculum", "class_balanced", "flexmatch"] = "threshold"
+    teacher: Literal["fixed", "ema", "iterative"] = "fixed"
+    round_every: int | None = Field(None, ge=1)  # iterative: epochs per round; None: a round per experience
+    decay: float = Field(0.99, ge=0.0, lt=1.0)  # ema teacher
+    soft: bool = False  # train on the teacher's distribution instead of its argmax
+    unlabeled_ratio: float = Field(1.0, gt=0.0)  # unlabeled samples drawn per labelled one
+    labelled_floor: int = Field(0, ge=0)  # least labelled samples per batch (topped up from the experience)
+    weight: float = Field(1.0, ge=0.0)
+    share: float = Field(0.2, gt=0.0, le=1.0)  # topk: the share selected; curriculum: its growth per round
+    heads: int = Field(5, ge=2)  # tsimilarity: linear heads of the ensemble
+    diversity: float = Field(1.0, ge=0.0)  # tsimilarity: weight of the heads' disagreement on unlabeled data
+    passes: int = Field(8, ge=1)  # mc_dropout: stochastic forward passes
+
+    @model_validator(mode="after")
+    def _rounds(self) -> PseudoLabelConfig:
+        if self.round_every is not None and self.teacher != "iterative":
+            raise ValueError("`round_every` (epochs per round) applies to teacher 'iterative' only")
+        return self
+
+
+class FixMatchConfig(Strict):
+    name: Literal["fixmatch"]
+    threshold: float = Field(0.95, ge=0.0, le=1.0)
+    confidence: Literal["softmax", "margin", "entropy"] = "softmax"
+    selection: Literal["threshold", "topk", "curriculum", "class_balanced", "flexmatch"] = "threshold"
+    share: float = Field(0.2, gt=0.0, le=1.0)
+    unlabeled_ratio: float = Field(1.0, gt=0.0)
+    labelled_floor: int = Field(0, ge=0)
+    weight: float = Field(1.0, ge=0.0)
+
+
+class MeanTeacherConfig(Strict):
+    name: Literal["mean_teacher"]
+    decay: float = Field(0.99, ge=0.0, lt=1.0)
+    unlabeled_ratio: float = Field(1.0, gt=0.0)
+    labelled_floor: int = Field(0, ge=0)
+    weight: float = Field(1.0, ge=0.0)
+
+
 class AGEMConfig(Strict):
     name: Literal["agem"]
     memory: int = Field(500, ge=1)
@@ -463,6 +506,9 @@ MethodConfig = Annotated[
     | Annotated[L2Config, Tag("l2")]
     | Annotated[LwFConfig, Tag("lwf")]
     | Annotated[CompatibleConfig, Tag("compatible")]
+    | Annotated[PseudoLabelConfig, Tag("pseudo_label")]
+    | Annotated[FixMatchConfig, Tag("fixmatch")]
+    | Annotated[MeanTeacherConfig, Tag("mean_teacher")]
     | Annotated[AGEMConfig, Tag("agem")]
     | Annotated[GEMConfig, Tag("gem")]
     | Annotated[LoRAConfig, Tag("lora")]
@@ -604,6 +650,9 @@ _TAGGED: dict[str, dict[str, type[BaseModel]]] = {
         "l2": L2Config,
         "lwf": LwFConfig,
         "compatible": CompatibleConfig,
+        "pseudo_label": PseudoLabelConfig,
+        "fixmatch": FixMatchConfig,
+        "mean_teacher": MeanTeacherConfig,
         "agem": AGEMConfig,
         "gem": GEMConfig,
         "lora": LoRAConfig,

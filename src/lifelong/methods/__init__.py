@@ -14,6 +14,7 @@ from lifelong.methods.cumulative import Cumulative
 from lifelong.methods.der import DER, DERpp
 from lifelong.methods.er_ace import ErAce
 from lifelong.methods.ewc import EWC, OnlineEWC
+from lifelong.methods.fixmatch import FixMatch
 from lifelong.methods.gdumb import GDumb
 from lifelong.methods.gem import GEM
 from lifelong.methods.hft import HFT
@@ -23,9 +24,11 @@ from lifelong.methods.l2 import L2
 from lifelong.methods.lora import LoRA
 from lifelong.methods.lwf import LwF
 from lifelong.methods.mas import MAS
+from lifelong.methods.mean_teacher import MeanTeacher
 from lifelong.methods.merge import Merge
 from lifelong.methods.naive import Naive
 from lifelong.methods.ncm import NCM
+from lifelong.methods.pseudo_label import PseudoLabel
 from lifelong.methods.replay import Replay
 from lifelong.methods.si import SI
 from lifelong.methods.wa import WA
@@ -50,6 +53,9 @@ METHODS: dict[str, type[Method]] = {
         L2,
         LwF,
         Compatible,
+        PseudoLabel,
+        FixMatch,
+        MeanTeacher,
         AGEM,
         GEM,
         LoRA,
@@ -78,15 +84,18 @@ __all__ = [
     "Cumulative",
     "DERpp",
     "ErAce",
+    "FixMatch",
     "GDumb",
     "ICaRL",
     "Joint",
     "LoRA",
     "LwF",
+    "MeanTeacher",
     "Merge",
     "Method",
     "Naive",
     "OnlineEWC",
+    "PseudoLabel",
     "Replay",
     "build_method",
     "check_composition",
