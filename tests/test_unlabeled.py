@@ -124,3 +124,21 @@ def test_method_reports_go_to_results_json(tmp_path: Path) -> None:
     assert results.reports == {"unlabeled_counts": [{"experience": 0, "unlabeled": 100}]}
     events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     assert any(e["event"] == "method_report" and e["key"] == "unlabeled_counts" for e in events)
+
+
+def test_report_shows_pseudo_label_diagnostics(tmp_path: Path) -> None:
+    from lifelong.evaluation.report import write_report
+
+    raw = {
+        "data": {"name": "fashion_mnist", "train_per_class": 30, "test_per_class": 5},
+        "scenario": {"type": "class_incremental", "experiences": 2, "label_fraction": 0.3},
+        "model": {"name": "mlp", "hidden": [16]},
+        "method": [{"name": "pseudo_label", "threshold": 0.0, "teacher": "ema"}],
+        "train": {"epochs": 2, "batch_size": 16, "lr": 0.05},
+    }
+    run_config(parse_config(raw), tmp_path / "run", progress=False)
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())["pseudo_labels"]
+    assert [e["experience"] for e in saved] == [0, 1]
+    assert all(0.0 <= e["precision"] <= 1.0 and e["coverage"] == 1.0 for e in saved)  # threshold 0 keeps all
+    html = write_report(tmp_path / "run", plots=False).read_text()
+    assert "<h2>Pseudo-labels</h2>" in html and "reliability diagram" in html

@@ -1702,6 +1702,59 @@ def _config_json(config: Any) -> str:
 # ------------------------------------------------------------------------------------------ public pages
 
 
+def _pseudo_label_section(entries: list[Mapping[str, Any]]) -> list[str]:
+    """Self-training diagnostics: per experience (and round) precision, coverage and ECE of the pseudo-labels
+    against the held-back labels, and the last reliability diagram (inline SVG: accuracy per confidence bin
+    against the diagonal of perfect calibration)."""
+
+    def pct(v: Any) -> str:
+        return "–" if not _is_number(v) else f"{100 * float(v):.1f} %"
+
+    rows = [
+        "<table><tr><th>experience</th><th>round</th><th>precision</th><th>coverage</th><th>ECE</th>"
+        "<th>selected / unlabeled</th></tr>"
+    ]
+    for e in entries:
+        for r in e.get("rounds") or [e]:
+            rows.append(
+                f"<tr><td>{int(e.get('experience', 0)) + 1}</td><td>{_e(r.get('round', ''))}</td>"
+                f"<td>{pct(r.get('precision'))}</td><td>{pct(r.get('coverage'))}</td><td>{pct(r.get('ece'))}</td>"
+                f"<td>{_e(r.get('selected', '–'))} / {_e(r.get('unlabeled', '–'))}</td></tr>"
+            )
+    rows.append("</table>")
+    out = ["".join(rows)]
+    bins = [b for b in (entries[-1].get("reliability") or []) if isinstance(b, Mapping) and b.get("count")]
+    if bins:
+        size, pad = 220, 30
+        bars = []
+        for b in bins:
+            lo, hi = float(b.get("low", 0.0)), float(b.get("high", 0.0))
+            acc = float(b.get("accuracy") or 0.0)
+            x, w = pad + lo * size, max(1.0, (hi - lo) * size - 1)
+            bars.append(
+                f'<rect x="{x:.1f}" y="{pad + (1 - acc) * size:.1f}" width="{w:.1f}" '
+                f'height="{acc * size:.1f}" fill="#4c72b0"><title>confidence {lo:.2f}-{hi:.2f}: '
+                f'accuracy {acc:.2f}, {b["count"]} samples</title></rect>'
+            )
+        svg = (
+            f'<svg width="{size + 2 * pad}" height="{size + 2 * pad}" role="img" '
+            'aria-label="reliability diagram">'
+            f'<rect x="{pad}" y="{pad}" width="{size}" height="{size}" fill="none" stroke="#999"/>'
+            + "".join(bars)
+            + f'<line x1="{pad}" y1="{pad + size}" x2="{pad + size}" y2="{pad}" stroke="#c44" '
+            'stroke-dasharray="4 3"/>'
+            f'<text x="{pad}" y="{size + 2 * pad - 6}" font-size="11">confidence 0 to 1</text>'
+            f'<text x="4" y="{pad - 8}" font-size="11">accuracy</text></svg>'
+        )
+        out += [
+            svg,
+            '<p class="note">Reliability of the last experience\'s pseudo-labels: bars are the accuracy '
+            "of the samples in each confidence bin, the dashed line perfect calibration (bars below it: "
+            "over-confident).</p>",
+        ]
+    return out
+
+
 def write_report(run_dir: str | os.PathLike[str], plots: bool = True) -> Path:
     """Write `run_dir/report.html` from the run's files, and with `plots` the figures as PNG files for use
     outside the page: `run_dir/plots/{matrix,confusion,curves}.png`, and for a language model also
@@ -1790,6 +1843,9 @@ def write_report(run_dir: str | os.PathLike[str], plots: bool = True) -> Path:
         ]
     elif confusion_problem is not None:
         body.append(f'<p class="note">{_e(confusion_problem)} in results.json; no confusion matrix.</p>')
+    pseudo = results.get("pseudo_labels")
+    if pseudo:
+        body += ["<h2>Pseudo-labels</h2>", *_pseudo_label_section(pseudo)]
     gap = _gap_table(results)
     if gap is not None:
         body += ["<h2>Stability gap</h2>", gap]
