@@ -199,8 +199,15 @@ class Index:
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        with self.engine.connect() as connection, connection.begin():
-            yield connection
+        """A read transaction that sees one snapshot of the index from its first statement to its end: a
+        version and whether it is promoted are read from the same state, while writers commit (SQLite's
+        WAL read transactions are snapshots; PostgreSQL needs REPEATABLE READ, its default READ COMMITTED
+        lets each statement see the latest commit)."""
+        with self.engine.connect() as connection:
+            if not self.is_sqlite:
+                connection = connection.execution_options(isolation_level="REPEATABLE READ")
+            with connection.begin():
+                yield connection
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
