@@ -47,21 +47,26 @@ def metrics(run_dir: Path) -> dict[str, Any]:
     """The final model's score on every test set of its stream (the tracked evaluation sets), by
     experience, with the metric's name and direction."""
     results = read_json(run_dir / "results.json", "results")
-    metric = results.get("metric", "accuracy")
     final = results["matrix"][-1]
     names = results.get("experience_names") or [f"experience {i + 1}" for i in range(len(final))]
-    tracked = [
+    return tracked_metrics(results.get("metric", "accuracy"), names, final, results.get("summary"))
+
+
+def tracked_metrics(
+    metric: str, names: list[str], final: list[float | None], summary: dict[str, Any] | None
+) -> dict[str, Any]:
+    """What a version records of its scores: per tracked set (name, value), their mean, the summary."""
+    tracked: list[dict[str, Any]] = [
         {"experience": i, "name": name, "value": value}
         for i, (name, value) in enumerate(zip(names, final, strict=True))
     ]
-    values = [t["value"] for t in tracked if t["value"] is not None]
-    summary = results.get("summary") or {}
+    values = [float(v) for v in final if v is not None]
     return {
         "metric": metric,
         "higher_is_better": metric != "perplexity",
         "tracked": tracked,
         "mean": sum(values) / len(values) if values else None,
-        "summary": {k: v for k, v in summary.items() if isinstance(v, int | float) or v is None},
+        "summary": {k: v for k, v in (summary or {}).items() if isinstance(v, int | float) or v is None},
     }
 
 

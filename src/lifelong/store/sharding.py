@@ -48,25 +48,13 @@ def open_run(cfg: Any, stream: Stream, out: Path) -> Any:
 
 def metrics(run: Any) -> dict[str, Any]:
     """The ensemble's score on every test set, in the form `records.metrics` gives for one run."""
-    ensemble = run.meta["ensemble"]
-    final = ensemble["matrix"][-1]
+    from lifelong.store.records import tracked_metrics
     from lifelong.streams.fingerprint import experience_name
 
-    tracked = [
-        {"experience": i, "name": experience_name(e), "value": v}
-        for i, (e, v) in enumerate(zip(run.stream, final, strict=True))
-    ]
-    values = [t["value"] for t in tracked if t["value"] is not None]
-    metric = ensemble["metric"]
-    summary = ensemble.get("summary") or {}
-    return {
-        "metric": metric,
-        "higher_is_better": metric != "perplexity",
-        "tracked": tracked,
-        "mean": sum(values) / len(values) if values else None,
-        "summary": {k: v for k, v in summary.items() if isinstance(v, int | float) or v is None},
-        "shards": run.shards,
-    }
+    ensemble = run.meta["ensemble"]
+    names = [experience_name(e) for e in run.stream]
+    out = tracked_metrics(ensemble["metric"], names, ensemble["matrix"][-1], ensemble.get("summary"))
+    return {**out, "shards": run.shards}
 
 
 def architecture(out: Path) -> str:
