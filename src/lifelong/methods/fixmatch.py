@@ -31,9 +31,9 @@ import torch.nn.functional as F
 
 from lifelong.errors import ConfigError
 from lifelong.methods.base import Context
-from lifelong.methods.pseudo_label import SelfTraining, check_threshold, mix
+from lifelong.methods.pseudo_label import Selecting, SelfTraining, check_threshold, mix
 from lifelong.selftrain.confidence import confidence_of
-from lifelong.selftrain.selection import SELECTIONS, select
+from lifelong.selftrain.selection import SELECTIONS
 from lifelong.streams.experience import Split
 
 CHUNK = 1024
@@ -97,7 +97,7 @@ def strong_view(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return noisy * (torch.rand(x.shape, generator=g) >= 0.2)
 
 
-class FixMatch(SelfTraining):
+class FixMatch(SelfTraining, Selecting):
     """Options: `threshold`, `confidence` (softmax | margin | entropy, of the weak view), `selection`
     (threshold | topk | curriculum | class_balanced | flexmatch), `share` (topk's share, curriculum's step),
     `unlabeled_ratio` (unlabeled samples per labelled one), `labelled_floor` (least labelled samples per
@@ -148,28 +148,6 @@ class FixMatch(SelfTraining):
         unlabeled = ctx.experience.unlabeled
         if self.selection == "flexmatch":
             self.flex = torch.full((0 if unlabeled is None else len(unlabeled),), -1, dtype=torch.long)
-
-    def choose(self, conf: torch.Tensor, pred: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
-        counts, unused = None, 0
-        if self.selection == "flexmatch":
-            assert self.flex is not None
-            counts = torch.bincount(self.flex[self.flex >= 0], minlength=self.num_classes)[: self.num_classes]
-            unused = int((self.flex < 0).sum())
-        mask = select(
-            self.selection,
-            conf,
-            pred,
-            t=self.threshold,
-            share=self.share,
-            round=self.round,
-            counts=counts,
-            unused=unused,
-        )
-        if self.selection == "flexmatch" and index is not None:
-            assert self.flex is not None
-            confident = (conf >= self.threshold).cpu()
-            self.flex[index[confident]] = pred.cpu()[confident]
-        return mask
 
     def loss(self, ctx: Context, batch: Split, out: torch.Tensor) -> torch.Tensor | None:
         drawn = self.draw(ctx, len(batch))

@@ -196,7 +196,45 @@ class SelfTraining(Method, ABC):
         self.rounds = list(state.get("rounds", []))
 
 
-class PseudoLabel(SelfTraining):
+class Selecting:
+    """The selection step shared by pseudo-labelling and FixMatch: a policy over (confidence, predicted
+    class), with FlexMatch's per-sample memory of confident predictions (`flex`, -1 where none yet)."""
+
+    selection: str
+    threshold: float
+    share: float
+    round: int
+    num_classes: int
+    flex: torch.Tensor | None
+
+    def choose(self, conf: torch.Tensor, pred: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+        """The selection mask; with flexmatch and `index` (the rows drawn), the per-sample memory is updated
+        with this draw's confident predictions afterwards."""
+        counts, unused = None, 0
+        if self.selection == "flexmatch":
+            assert self.flex is not None
+            known = self.flex[self.flex >= 0]
+            counts = torch.bincount(known, minlength=self.num_classes)[: self.num_classes]
+            unused = int((self.flex < 0).sum())
+        mask = select(
+            self.selection,
+            conf,
+            pred,
+            t=self.threshold,
+            share=self.share,
+            round=self.round,
+            counts=counts,
+            unused=unused,
+        )
+        if self.selection == "flexmatch" and index is not None:
+            assert self.flex is not None
+            confident = (conf >= self.threshold).cpu()
+            self.flex[index[confident]] = pred.cpu()[confident]
+        return mask
+
+
+
+class PseudoLabel(SelfTraining, Selecting):
     """Options: `confidence` (softmax | margin | entropy | tsimilarity | mc_dropout), `threshold`,
     `selection` (threshold | topk | curriculum | class_balanced | flexmatch), `teacher` (fixed | ema |
     iterative), `round_every` (iterative: epochs per round), `decay` (ema), `soft` (soft labels),
@@ -358,31 +396,6 @@ class PseudoLabel(SelfTraining):
             else:
                 conf = confidence_of(self.confidence, logits)
         return logits, probs, conf, probs.argmax(dim=-1)
-
-    def choose(self, conf: torch.Tensor, pred: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
-        """The selection mask; with flexmatch and `index` (the rows drawn), the per-sample memory is updated
-        with this draw's confident predictions afterwards."""
-        counts, unused = None, 0
-        if self.selection == "flexmatch":
-            assert self.flex is not None
-            known = self.flex[self.flex >= 0]
-            counts = torch.bincount(known, minlength=self.num_classes)[: self.num_classes]
-            unused = int((self.flex < 0).sum())
-        mask = select(
-            self.selection,
-            conf,
-            pred,
-            t=self.threshold,
-            share=self.share,
-            round=self.round,
-            counts=counts,
-            unused=unused,
-        )
-        if self.selection == "flexmatch" and index is not None:
-            assert self.flex is not None
-            confident = (conf >= self.threshold).cpu()
-            self.flex[index[confident]] = pred.cpu()[confident]
-        return mask
 
     def label_all(self, ctx: Context, split: Split) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         device = next(ctx.model.parameters()).device
