@@ -30,6 +30,13 @@ the A model on the three test sets, and replay (which samples `ctx.seen[:-1]`) s
     python bench/cpt.py --quick          # smoke: tiny model and budgets, a minute; writes no doc section
     python bench/cpt.py --report-only    # rebuild the summary and the doc section from bench/results/cpt.json
 
+At the design's budgets (`--design`, hours per seed on a CPU) run seeds in parallel, each process with
+`--resume --out OWN.json` (the JSON is rewritten after every variant and the A phase's weights are cached,
+so a killed process restarts where it stopped), then join them:
+
+    python bench/cpt.py --design --seeds 1 --resume --no-write --out s1.json   # one per seed, in parallel
+    python bench/cpt.py --report-only --out bench/results/cpt_design.json --merge s1.json s2.json
+
 Raw numbers go to bench/results/cpt.json (`--out`); `--no-write` leaves docs/RESULTS.md alone.
 """
 
@@ -37,6 +44,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
+import json
 import math
 import os
 import platform
@@ -225,20 +234,53 @@ def record(results: Any) -> dict[str, Any]:
     }
 
 
-def run_seed(stream: Stream, budget: Budget, seed: int, variants: tuple[str, ...], log: Any) -> dict:
-    """Every variant on one seed: {variant: record}; records of the A phase under "a_phase"."""
+def a_phase_file(cache: Path, budget: Budget, seed: int) -> Path:
+    """Where the A phase's weights of one seed and budget are kept, so a resumed bench need not retrain A."""
+    key = hashlib.sha256(json.dumps(dataclasses.asdict(budget), sort_keys=True).encode()).hexdigest()[:12]
+    return cache / f"a_phase_{key}_seed{seed}.safetensors"
+
+
+def run_seed(
+    stream: Stream, budget: Budget, seed: int, variants: tuple[str, ...], log: Any,
+    done: dict[str, Any] | None = None, save: Any = None, weights_dir: Path | None = None,
+) -> dict:  # fmt: skip
+    """Every variant on one seed: {variant: record}; records of the A phase under "a_phase".
+
+    `done` holds records of a resumed bench (their variants are skipped) and `save(out)` is called after
+    every variant, so a bench killed after hours keeps what it finished; `weights_dir` keeps the A phase's
+    weights for the next resume.
+    """
+    from safetensors.torch import load_file, save_file
+
     from lifelong.methods import Replay
     from lifelong.objectives import LanguageModeling
 
     vocab = stream.num_classes
-    out: dict[str, Any] = {}
-    if any(v in FROM_A for v in variants):
-        model = make_model(budget, vocab, seed)
-        res = learner(model, [], budget, seed, scheduler="cosine").run(sub_stream(stream, [stream[0]]))
-        out["a_phase"] = record(res)
-        log(f"seed {seed} A phase: ppl(A) {res.matrix[0][0]:.2f}, {res.wall_seconds:.0f} s")
-        a_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    for variant in variants:
+    out: dict[str, Any] = dict(done or {})
+    todo = tuple(v for v in variants if v not in out)
+    for v in variants:
+        if v in out:
+            log(f"seed {seed} {v}: done before, kept")
+    if any(v in FROM_A for v in todo):
+        path = None if weights_dir is None else a_phase_file(weights_dir, budget, seed)
+        if "a_phase" in out and path is not None and path.exists():
+            a_weights = load_file(str(path))
+            log(f"seed {seed} A phase: weights loaded from {path}")
+        else:
+            model = make_model(budget, vocab, seed)
+            res = learner(model, [], budget, seed, scheduler="cosine").run(sub_stream(stream, [stream[0]]))
+            if "a_phase" in out and out["a_phase"]["matrix"] != res.matrix:
+                log(f"seed {seed} A phase: differs from the recorded one ({out['a_phase']['matrix']})")
+            out["a_phase"] = record(res)
+            log(f"seed {seed} A phase: ppl(A) {res.matrix[0][0]:.2f}, {res.wall_seconds:.0f} s")
+            a_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                save_file(a_weights, str(path.with_suffix(".tmp")))
+                os.replace(path.with_suffix(".tmp"), path)
+            if save is not None:
+                save(out)
+    for variant in todo:
         if variant in FROM_A:
             model = make_model(budget, vocab, seed)
             model.load_state_dict(a_weights)
@@ -270,6 +312,8 @@ def run_seed(stream: Stream, budget: Budget, seed: int, variants: tuple[str, ...
             f"seed {seed} {variant}: final ppl " + " ".join(f"{v:.2f}" for v in final)
             + f", {out[variant]['wall_seconds']:.0f} s"
         )  # fmt: skip
+        if save is not None:
+            save(out)
     return out
 
 
@@ -294,8 +338,13 @@ def summarize(runs: dict[int, dict[str, Any]], variants: tuple[str, ...]) -> dic
     }
     retrain_loss = {s: _mean_loss(runs[s]["retrain"]["matrix"][-1]) for s in seeds if "retrain" in runs[s]}
     for v in variants:
-        finals = [runs[s][v]["matrix"][-1] for s in seeds]
+        # a variant is summarised over the seeds that ran it (a bench resumed or merged may lack some)
+        have = [s for s in seeds if v in runs[s]]
+        if not have:
+            continue
+        finals = [runs[s][v]["matrix"][-1] for s in have]
         entry: dict[str, Any] = {
+            "seeds": have,
             "final_mean_perplexity": mean_std([statistics.fmean(f) for f in finals]),
             # the mean loss over the three test sets (nats): the paper's measure, not dominated by one domain
             "final_mean_log_perplexity": mean_std([_mean_loss(f) for f in finals]),
@@ -303,28 +352,27 @@ def summarize(runs: dict[int, dict[str, Any]], variants: tuple[str, ...]) -> dic
                 name: mean_std([f[j] for f in finals]) for j, name in enumerate(("A", "B", "C"))
             },
         }
+        paired = [s for s in have if s in retrain_mean]  # seeds with a re-training to compare against
         if v != "retrain":
-            matrices = [runs[s][v]["matrix"] for s in seeds]
+            matrices = [runs[s][v]["matrix"] for s in have]
             entry["forgetting_log_ppl_A"] = mean_std(
                 [math.log(m[-1][0]) - math.log(m[0][0]) for m in matrices]
             )
             entry["after_A_perplexity_A"] = mean_std([m[0][0] for m in matrices])
-            tokens = [runs[s][v]["tokens_seen"] for s in seeds]
-            if retrain_tokens:
-                entry["last_update_share"] = mean_std(
-                    [t[2] / retrain_tokens[s] for t, s in zip(tokens, seeds, strict=True)]
-                )
+            if paired:
+                tokens = {s: runs[s][v]["tokens_seen"] for s in paired}
+                entry["last_update_share"] = mean_std([tokens[s][2] / retrain_tokens[s] for s in paired])
                 entry["updates_share"] = mean_std(
-                    [(t[1] + t[2]) / retrain_tokens[s] for t, s in zip(tokens, seeds, strict=True)]
+                    [(tokens[s][1] + tokens[s][2]) / retrain_tokens[s] for s in paired]
                 )
-        if retrain_mean:
+        if paired:
             entry["gap_to_retrain"] = mean_std(
-                [statistics.fmean(runs[s][v]["matrix"][-1]) / retrain_mean[s] - 1 for s in seeds]
+                [statistics.fmean(runs[s][v]["matrix"][-1]) / retrain_mean[s] - 1 for s in paired]
             )
             entry["loss_gap_to_retrain"] = mean_std(
-                [_mean_loss(runs[s][v]["matrix"][-1]) - retrain_loss[s] for s in seeds]
+                [_mean_loss(runs[s][v]["matrix"][-1]) - retrain_loss[s] for s in paired]
             )
-        entry["wall_seconds"] = mean_std([runs[s][v]["wall_seconds"] for s in seeds])
+        entry["wall_seconds"] = mean_std([runs[s][v]["wall_seconds"] for s in have])
         out[v] = entry
     return out
 
@@ -524,9 +572,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--report-only", action="store_true", help="rebuild the summary and doc section from the JSON"
     )
+    parser.add_argument(
+        "--resume", action="store_true",
+        help="keep the seeds and variants already in --out (same budget), run only the missing ones; the "
+        "JSON is rewritten after every variant and the A phase's weights are kept in the cache",
+    )  # fmt: skip
+    parser.add_argument(
+        "--merge", type=Path, nargs="+", default=None,
+        help="with --report-only: add the runs of these JSONs (same budget) to --out, e.g. benches run in "
+        "parallel on different seeds",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.report_only:
-        return report_only(args.out or RESULTS_JSON, write=not args.no_write)
+        return report_only(args.out or RESULTS_JSON, write=not args.no_write, merge=args.merge or [])
 
     torch.set_num_threads(args.threads)
     budget = QUICK if args.quick else DESIGN if args.design else FULL
@@ -545,13 +603,38 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def log(message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
+    previous: dict[int, dict[str, Any]] = {}
+    if args.resume and out.exists():
+        from lifelong.atomic import read_json
+
+        before = read_json(out, "cpt bench results")
+        if before["budget"] != dataclasses.asdict(budget):
+            parser.error(f"{out} holds a bench with another budget; pass another --out, or drop --resume")
+        previous = {int(k): v for k, v in before["runs"].items()}
+    cache_root = args.cache_dir or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lifelong"
+    weights_dir = cache_root / "bench_cpt" if args.resume else None
+
     began = time.perf_counter()
     load_before = os.getloadavg()[0]
     stream, notes = build_stream(budget, args.cache_dir)
     log(f"data ready: {notes['train_tokens']} training tokens, vocabulary {notes['vocab_size']}")
-    runs: dict[int, dict[str, Any]] = {}
+    runs: dict[int, dict[str, Any]] = dict(previous)
+
+    def save_partial(seed: int, records: dict[str, Any]) -> None:
+        runs[seed] = records
+        partial = {
+            "partial": True, "date": date.today().isoformat(), "budget": dataclasses.asdict(budget),
+            "notes": notes, "seeds": sorted(runs), "runs": {str(s): r for s, r in sorted(runs.items())},
+        }  # fmt: skip
+        atomic_write_json(out, partial)
+
     for seed in seeds:
-        runs[seed] = run_seed(stream, budget, seed, variants, log)
+        runs[seed] = run_seed(
+            stream, budget, seed, variants, log, done=previous.get(seed),
+            save=lambda records, seed=seed: save_partial(seed, records), weights_dir=weights_dir,
+        )  # fmt: skip
+    seeds = sorted(runs)
+    variants = tuple(v for v in VARIANTS if any(v in r for r in runs.values()))
 
     speeds = [
         t
@@ -643,12 +726,26 @@ def write_design_doc(result: dict[str, Any]) -> None:
     )  # fmt: skip
 
 
-def report_only(path: Path, write: bool) -> dict[str, Any]:
-    """The summary recomputed from the raw runs of a finished bench's JSON, and its doc section."""
+def report_only(path: Path, write: bool, merge: list[Path] | None = None) -> dict[str, Any]:
+    """The summary recomputed from the raw runs of a finished bench's JSON, and its doc section; `merge`
+    adds the runs of other JSONs at the same budget (a seed's variant already in `path` is kept)."""
     from lifelong.atomic import read_json
 
     result = read_json(path, "cpt bench results")
     runs = {int(s): r for s, r in result["runs"].items()}
+    for other_path in merge or []:
+        other = read_json(other_path, "cpt bench results")
+        if other["budget"] != result["budget"]:
+            sys.exit(f"{other_path} was run at another budget than {path}; it cannot be merged")
+        for seed, records in other["runs"].items():
+            mine = runs.setdefault(int(seed), {})
+            for variant, rec in records.items():
+                mine.setdefault(variant, rec)
+        result["wall_seconds"] = result.get("wall_seconds", 0) + other.get("wall_seconds", 0)
+        result.setdefault("merged", []).append(other.get("command", str(other_path)))
+    result["runs"] = {str(s): r for s, r in sorted(runs.items())}
+    result["seeds"] = sorted(runs)
+    result["variants"] = [v for v in VARIANTS if any(v in r for r in runs.values())]
     result["summary"] = summarize(runs, tuple(result["variants"]))
     atomic_write_json(path, result)
     print(table(result["summary"]))

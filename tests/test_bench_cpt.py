@@ -59,3 +59,53 @@ def test_quick_bench_runs_every_variant(tmp_path):
         assert result["summary"][v]["last_update_share"]["mean"] == pytest.approx(c_tokens / retrain_tokens)
     assert run["wsd"]["tokens_seen"][0] == result["notes"]["train_tokens"]["python_docs"]
     assert "| re-train from scratch on A+B+C |" in proc.stdout and "Target 1" in proc.stdout
+
+
+def _bench(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env_cache = ["--cache-dir", str(tmp_path / "cache")]
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--no-write", *env_cache, *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_resumed_bench_keeps_finished_variants_and_merges_seeds(tmp_path):
+    """A design-size bench runs for hours: `--resume` keeps what a killed run finished (and the A phase's
+    weights), `--report-only --merge` joins benches run in parallel on other seeds."""
+    missing = _missing()
+    if missing:
+        pytest.skip(f"corpora not installed here: {missing} (see docs for `lifelong datasets`)")
+    out = tmp_path / "w1.json"
+    first = _bench(tmp_path, "--seeds", "0", "--variants", "cosine,retrain", "--out", str(out), "--resume")
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = json.loads(out.read_text())["runs"]["0"]
+    second = _bench(tmp_path, "--seeds", "0", "--variants", "cosine,replay_5", "--out", str(out), "--resume")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "seed 0 cosine: done before, kept" in second.stdout
+    assert "seed 0 A phase: weights loaded" in second.stdout
+    after = json.loads(out.read_text())
+    assert after["variants"] == ["cosine", "replay_5", "retrain"]
+    assert (
+        after["runs"]["0"]["cosine"] == before["cosine"]
+        and after["runs"]["0"]["retrain"] == before["retrain"]
+    )
+    # replay from the loaded A weights starts from the same A model
+    assert after["runs"]["0"]["replay_5"]["matrix"][0] == before["cosine"]["matrix"][0]
+
+    other = tmp_path / "w2.json"
+    third = _bench(tmp_path, "--seeds", "1", "--variants", "cosine,retrain", "--out", str(other))
+    assert third.returncode == 0, third.stderr[-3000:]
+    report = ["--report-only", "--no-write", "--out", str(out), "--merge", str(other)]
+    merged = subprocess.run(
+        [sys.executable, str(SCRIPT), *report], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert merged.returncode == 0, merged.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["seeds"] == [0, 1]
+    assert result["summary"]["cosine"]["seeds"] == [0, 1] and result["summary"]["replay_5"]["seeds"] == [0]
+    assert result["summary"]["cosine"]["gap_to_retrain"]["n"] == 2
+
+    wrong = _bench(
+        tmp_path, "--seeds", "0", "--variants", "cosine", "--out", str(out), "--resume", "--a-tokens", "4096"
+    )
+    assert wrong.returncode != 0 and "another budget" in wrong.stderr
