@@ -263,7 +263,7 @@ def run_seed(
             log(f"seed {seed} {v}: done before, kept")
     if any(v in FROM_A for v in todo):
         path = None if weights_dir is None else a_phase_file(weights_dir, budget, seed)
-        if "a_phase" in out and path is not None and path.exists():
+        if path is not None and path.exists():  # kept by an earlier run, or by a bench on other variants
             a_weights = load_file(str(path))
             log(f"seed {seed} A phase: weights loaded from {path}")
         else:
