@@ -604,6 +604,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
     previous: dict[int, dict[str, Any]] = {}
+    earlier_commands: list[str] = []
     if args.resume and out.exists():
         from lifelong.atomic import read_json
 
@@ -611,6 +612,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if before["budget"] != dataclasses.asdict(budget):
             parser.error(f"{out} holds a bench with another budget; pass another --out, or drop --resume")
         previous = {int(k): v for k, v in before["runs"].items()}
+        earlier_commands = list(before.get("commands", []))
     cache_root = args.cache_dir or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lifelong"
     weights_dir = cache_root / "bench_cpt" if args.resume else None
 
@@ -625,6 +627,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         partial = {
             "partial": True, "date": date.today().isoformat(), "budget": dataclasses.asdict(budget),
             "notes": notes, "seeds": sorted(runs), "runs": {str(s): r for s, r in sorted(runs.items())},
+            "commands": earlier_commands,
         }  # fmt: skip
         atomic_write_json(out, partial)
 
@@ -648,9 +651,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     total = time.perf_counter() - began
     # training tokens per seed: A twice (shared A phase, wsd), B+C for each of 7 variants, A+B+C re-training
     design_tokens = len(seeds) * (3 * DESIGN_A_TOKENS + 8 * 2 * DESIGN_BC_TOKENS)
+    command = " ".join(["python bench/cpt.py", *(sys.argv[1:] if argv is None else argv)])
     result = {
         "date": date.today().isoformat(),
-        "command": " ".join(["python bench/cpt.py", *(sys.argv[1:] if argv is None else argv)]),
+        "command": command,
+        # every run whose numbers this JSON holds (a resumed or merged bench has several)
+        "commands": [*earlier_commands, command],
         "machine": (
             f"{os.cpu_count()}-core {platform.machine()} machine shared with other jobs (load average "
             f"{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end), {args.threads} torch "
@@ -693,9 +699,32 @@ def design_section(result: dict[str, Any]) -> str:
     seeds: the claim's test at the size the task asked for, beside the scaled-down table above."""
     b, n = result["budget"], result["notes"]
     seeds = result["seeds"]
+    commands = result.get("commands", [result["command"]])
+    if len(commands) > 1:  # resumed or merged: every run whose numbers are here, then how they were joined
+        made = (
+            f"Generated {result['date']} from {len(commands)} runs (each its own process, one torch thread; "
+            "seeds run in parallel on the two cores): "
+            + "; ".join(f"`{c}`" for c in commands)
+            + (f"; joined by `{result['command']}`" if "--merge" in result["command"] else "")
+            + f". Training and evaluation time, all runs together: {result['wall_seconds'] / 3600:.1f} h "
+            f"({result['machine']})."
+        )
+    else:
+        made = (
+            f"Generated {result['date']} by `{result['command']}` ({result['wall_seconds'] / 60:.0f} min; "
+            f"{result['machine']})."
+        )
+    missing = [v for v in VARIANTS if v not in result["variants"]]
+    incomplete = [v for v in result["variants"] if len(result["summary"][v].get("seeds", seeds)) < len(seeds)]
+    coverage = f"Seed(s): {', '.join(map(str, seeds))}; variants: {', '.join(result['variants'])}"
+    if missing:
+        coverage += f"; not run at this size: {', '.join(missing)} (see the scaled-down table above)"
+    if incomplete:
+        coverage += "; on fewer seeds: " + ", ".join(
+            f"{v} ({', '.join(map(str, result['summary'][v]['seeds']))})" for v in incomplete
+        )
     lines = [
-        f"Generated {result['date']} by `{result['command']}` ({result['wall_seconds'] / 60:.0f} min; "
-        f"{result['machine']}).",
+        made,
         "",
         "The same set-up as above at the budgets the design asked for: training tokens "
         + ", ".join(f"{k} {v:,}" for k, v in n["train_tokens"].items())
@@ -703,9 +732,7 @@ def design_section(result: dict[str, Any]) -> str:
         f"{b['test_tokens']:,}; batch {b['batch']} x {b['block']} tokens, peak LR {b['lr']}, min LR "
         f"{b['min_lr']}, warm-up {b['warmup']} steps; one pass. Steps: "
         + ", ".join(f"{k} {v}" for k, v in result["steps"].items())
-        + f". Seed(s): {', '.join(map(str, seeds))}; variants: {', '.join(result['variants'])} (a CPU "
-        f"budget: {result['train_tokens_per_second']:.0f} training tokens/s on one thread, so the other "
-        "variants and seeds stay at the scaled-down size above; `--design --device cuda` runs them all).",
+        + f". {coverage}. Mean ± standard deviation over the seeds.",
         "",
         table(result["summary"]),
         "",
@@ -721,8 +748,9 @@ def design_section(result: dict[str, Any]) -> str:
 def write_design_doc(result: dict[str, Any]) -> None:
     write_section(
         RESULTS_MD, "cpt_design", design_section(result), "### At the design's budgets",
-        "CPU, one thread, about 2 hours per seed for four variants (the command below writes this part; a "
-        "GPU runs all variants and seeds with `--design --device cuda --threads 4`).",
+        "CPU, one thread per process, about 2.5 hours per seed for all variants; seeds run in parallel with "
+        "`--resume --out OWN.json` and are joined with `--report-only --merge` (see the script's docstring). "
+        "A GPU runs all variants and seeds in one process with `--design --device cuda --threads 4`.",
     )  # fmt: skip
 
 
@@ -742,7 +770,13 @@ def report_only(path: Path, write: bool, merge: list[Path] | None = None) -> dic
             for variant, rec in records.items():
                 mine.setdefault(variant, rec)
         result["wall_seconds"] = result.get("wall_seconds", 0) + other.get("wall_seconds", 0)
-        result.setdefault("merged", []).append(other.get("command", str(other_path)))
+        result["commands"] = [
+            *result.get("commands", [result.get("command", str(path))]),
+            *other.get("commands", [other.get("command", str(other_path))]),
+        ]
+    if merge:
+        joined = " ".join(str(p) for p in merge)
+        result["command"] = f"python bench/cpt.py --report-only --out {path} --merge {joined}"
     result["runs"] = {str(s): r for s, r in sorted(runs.items())}
     result["seeds"] = sorted(runs)
     result["variants"] = [v for v in VARIANTS if any(v in r for r in runs.values())]
