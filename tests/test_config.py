@@ -401,3 +401,23 @@ def test_root_and_download_only_for_sources_read_from_files():
     with pytest.raises(ConfigError, match=r"data\.download.*not an option of data set 'mnist1d'"):
         parse_config({**base, "data": {"name": "mnist1d", "download": True}})
     assert parse_config({**base, "data": {"name": "fashion_mnist", "root": "/tmp"}}).data.root == "/tmp"
+
+
+def test_gpt_tokenizer_kind_is_not_taken_for_a_folder_of_that_name(tmp_path, monkeypatch):
+    """`model.tokenizer` names a folder for a Hugging Face model, but a kind (bytes, bpe) for the GPT: a
+    folder called `bpe` beside the config (a tokenizer cache, say) must not turn the kind into a path."""
+    (tmp_path / "bpe").mkdir()
+    (tmp_path / "tok").mkdir()
+    monkeypatch.chdir(tmp_path)
+    gpt = tmp_path / "gpt.yaml"
+    gpt.write_text(
+        "data: {name: kjv}\nscenario: {type: domains, block_size: 64}\n"
+        "model: {name: gpt, tokenizer: bpe, vocab_size: 512}\n"
+    )
+    assert load_config(gpt).model.tokenizer == "bpe"
+    hf = tmp_path / "hf.yaml"
+    hf.write_text(
+        "data: {name: kjv}\nscenario: {type: domains, block_size: 64}\n"
+        "model: {name: hf, path: m, tokenizer: tok}\n"
+    )
+    assert load_config(hf).model.tokenizer == str(tmp_path / "tok")  # a folder that exists: made absolute

@@ -838,6 +838,8 @@ def resolve_paths(raw: Any, base: Path) -> Any:
     for section, key in _FOLDER_OR_ID_KEYS:
         node = out.get(section)
         if isinstance(node, dict) and isinstance(node.get(key), str) and node[key]:
+            if key == "tokenizer" and node.get("name") == "gpt":
+                continue  # the GPT's tokenizer is a kind ("bytes", "bpe"), never a folder of that name
             local = Path(node[key]).expanduser()
             local = local if local.is_absolute() else base / local
             if local.exists():
